@@ -1,0 +1,258 @@
+"""Invariants of the core library, run over every registered method on tiny models."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import toast_core as tc
+from toast_core.attention import SteerableAttention, _stack
+from toast_core.methods.base import register
+
+from .conftest import TINY, TINY_REG, tiny_model
+
+METHODS = ["linear", "finetune", "lora", "vpt-shallow", "vpt-deep", "toast", "toast-lite"]
+# Trainable-parameter formulas of toast-method.md for the tiny backbone (L blocks, width C, K classes).
+L, C, K, R = 3, 32, 5, 4
+HEAD = C * K + K
+FORMULAS = {
+    "linear": HEAD,
+    "lora": L * 4 * R * C + HEAD,  # one (A: r x C, B: 3C x r) pair per block on the fused qkv
+    "vpt-shallow": 10 * C + HEAD,
+    "vpt-deep": L * 10 * C + HEAD,
+    "toast": 2 * L * C * C + C + HEAD,
+    "toast-lite": L * 2 * (2 * R * C) + C + C * C + HEAD,
+}
+
+
+def images(b=2, h=32, w=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, 3, h, w, generator=g)
+
+
+def test_registry_lists_all_methods_and_rejects_duplicates():
+    assert tc.available_methods() == METHODS
+    with pytest.raises(ValueError, match="already registered"):
+        register("toast")(type("X", (tc.TransferModel,), {}))
+    with pytest.raises(ValueError, match="unknown method"):
+        tc.build_model("nope", pretrained=False, **TINY)
+    with pytest.raises(ValueError, match="unknown option"):
+        tc.build_model("lora", pretrained=False, rnk=3, **TINY)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_forward_shapes_and_attention_layout(method):
+    model = tiny_model(method)
+    x = images()
+    logits = model(x)
+    assert logits.shape == (2, K)
+    res = tc.extract_attention(model, x)
+    n_pass = 2 if method.startswith("toast") else 1
+    assert len(res.passes) == n_pass
+    assert res.grid == (4, 4)
+    assert res.final("cls").shape == (L, 2, 4, 4)
+    assert res.final("heads").shape == (L, 2, 2, 4, 4)
+    assert res.final("token_norm").shape == (L, 2, 4, 4)
+    # Patch mass + prefix mass + prompt mass = 1 (rows of a softmax).
+    total = res.final("heads").sum((-1, -2)).mean(2) + res.final("prefix_mass") + res.final("prompt_mass")
+    assert torch.allclose(total, torch.ones_like(total), atol=1e-5)
+    assert torch.allclose(res.logits, logits, atol=1e-5)
+    assert len(_stack()) == 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_trainable_counts_match_formulas(method):
+    model = tiny_model(method)
+    counts = model.parameter_counts()
+    if method == "finetune":
+        assert counts["trainable"] == counts["total"]
+    else:
+        assert counts["trainable"] == FORMULAS[method]
+    assert 0 < counts["share"] <= 1
+
+
+def test_lora_qv_option_counts_and_slices():
+    model = tiny_model("lora", target="qv")
+    assert model.parameter_counts()["trainable"] == L * 2 * (R * C + C * R) + HEAD
+    qkv = model.vit.blocks[0].attn.qkv
+    assert qkv.out_slices == [(0, C), (2 * C, 3 * C)]
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "finetune"])
+def test_training_step_leaves_backbone_unchanged(method):
+    model = tiny_model(method).train()
+    before = {k: v.clone() for k, v in model.vit.named_parameters() if not k.startswith("head.")
+              and "lora_" not in k}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(trainable, lr=0.5)
+    logits, extra = model.training_outputs(images(), stage="pretune")
+    loss = F.cross_entropy(logits, torch.tensor([0, 1])) + sum(extra.values())
+    loss.backward()
+    opt.step()
+    after = dict(model.vit.named_parameters())
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), f"{method} changed frozen {k}"
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
+    if method.startswith("toast"):
+        assert "reconstruction" in extra
+
+
+def test_finetune_step_changes_backbone():
+    model = tiny_model("finetune").train()
+    w = model.vit.blocks[0].attn.qkv.weight.clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    F.cross_entropy(model(images()), torch.tensor([0, 1])).backward()
+    opt.step()
+    assert not torch.equal(w, model.vit.blocks[0].attn.qkv.weight)
+
+
+def manual_attention(attn: SteerableAttention, x: torch.Tensor) -> torch.Tensor:
+    B, N, _ = x.shape
+    qkv = F.linear(x, attn.qkv.weight, attn.qkv.bias).reshape(B, N, 3, attn.num_heads, attn.head_dim)
+    q, k, _ = qkv.permute(2, 0, 3, 1, 4)
+    return torch.softmax(q @ k.transpose(-1, -2) / attn.head_dim ** 0.5, dim=-1)
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_recorded_maps_equal_manual_softmax(full):
+    model = tiny_model("linear")
+    x = images()
+    inputs = []
+    hook = model.vit.blocks[1].attn.register_forward_pre_hook(lambda m, a: inputs.append(a[0]))
+    try:
+        res = tc.extract_attention(model, x, full=full)
+    finally:
+        hook.remove()
+    ref = manual_attention(model.vit.blocks[1].attn, inputs[0])  # (B, H, N, N)
+    assert torch.allclose(ref.sum(-1), torch.ones(2, 2, 17), atol=1e-5)  # rows sum to 1
+    assert torch.allclose(res.heads["main"][1], ref[:, :, 0, 1:].reshape(2, 2, 4, 4), atol=1e-5)
+    if full:
+        assert torch.allclose(res.full["main"][1], ref, atol=1e-5)
+        assert torch.allclose(res.full["main"].sum(-1), torch.ones(L, 2, 2, 17), atol=1e-5)
+
+
+def test_fused_attention_stays_on_and_outputs_match():
+    model = tiny_model("linear")
+    assert all(b.attn.fused_attn for b in model.vit.blocks)
+    x = images()
+    plain = model(x)
+    res = tc.extract_attention(model, x, full=True)  # unfused path while recording
+    assert torch.allclose(plain, res.logits, atol=1e-5)
+    assert all(b.attn.fused_attn for b in model.vit.blocks)
+
+
+@pytest.mark.parametrize("target", ["qkv", "qv"])
+def test_lora_at_init_equals_backbone(target):
+    base = tiny_model("linear")
+    lora = tiny_model("lora", target=target)
+    # Same seed → same backbone; LoRA's B is zero so outputs are identical.
+    x = images()
+    assert torch.equal(base(x), lora(x))
+
+
+def test_toast_zero_feedback_equals_backbone():
+    base = tiny_model("linear")
+    toast = tiny_model("toast", head_bias_prior=False)
+    toast.vit.load_state_dict(base.vit.state_dict())
+    for dec in toast.decoders:
+        torch.nn.init.zeros_(dec.linear2.weight)
+    x = images()
+    assert torch.allclose(base(x), toast(x), atol=1e-6)
+    res = tc.extract_attention(toast, x)
+    assert torch.allclose(res.cls["bottom-up"], res.cls["top-down"], atol=1e-6)
+    assert torch.allclose(res.td_norm, torch.zeros_like(res.td_norm))
+
+
+@pytest.mark.parametrize("method", ["toast", "toast-lite"])
+def test_toast_passes(method):
+    model = tiny_model(method)
+    for dec in model.decoders:  # make the feedback strong enough to matter
+        torch.nn.init.normal_(dec.linear.base.weight if hasattr(dec.linear, "base") else dec.linear.weight, std=0.5)
+        torch.nn.init.normal_(dec.linear2.base.weight if hasattr(dec.linear2, "base") else dec.linear2.weight, std=0.5)
+    model.prompt.data = model.run_blocks(images(1)).tokens[0, 1]  # ξ = a real token, so the gate opens
+    res = tc.extract_attention(model, images())
+    assert res.passes == ("bottom-up", "top-down")
+    # Layer 0's Q and K see the same input in both passes.
+    assert torch.allclose(res.heads["bottom-up"][0], res.heads["top-down"][0], atol=1e-6)
+    assert not torch.allclose(res.heads["bottom-up"][-1], res.heads["top-down"][-1], atol=1e-4)
+    assert res.gate.shape == (2, 4, 4) and float(res.gate.min()) >= 0 and float(res.gate.max()) <= 1
+    assert res.td_norm.shape == (L, 2) and float(res.td_norm.min()) > 0
+    # Steering: scale 0 gives the bottom-up prediction.
+    zero = model(images(), td_scale=0.0)
+    bottom = model.classify(model.run_blocks(images()).tokens)
+    assert torch.allclose(zero, bottom, atol=1e-5)
+
+
+def test_toast_official_mode_adds_value_bias_twice():
+    model = tiny_model("toast", official=True)
+    for dec, blk in zip(model.decoders, model.vit.blocks):
+        torch.nn.init.zeros_(dec.linear2.weight)  # td = 0: only the extra bias remains
+        torch.nn.init.normal_(blk.attn.qkv.bias, std=0.5)  # timm initialises biases at zero
+    x = images()
+    res = tc.extract_attention(model, x)
+    assert torch.allclose(res.heads["bottom-up"][0], res.heads["top-down"][0], atol=1e-6)
+    model.config.official = False
+    assert not torch.allclose(model(x), res.logits, atol=1e-6)
+
+
+def test_vpt_maps_exclude_prompts_and_report_their_mass():
+    for method, n in (("vpt-shallow", 10), ("vpt-deep", 10)):
+        model = tiny_model(method)
+        res = tc.extract_attention(model, images(), full=True)
+        assert res.num_prompt_tokens == n
+        assert res.final("cls").shape == (L, 2, 4, 4)
+        assert res.full["main"].shape[-1] == 1 + n + 16
+        assert float(res.prompt_mass["main"].min()) > 0
+
+
+def test_recorder_removed_after_exception():
+    model = tiny_model("toast")
+    with pytest.raises(RuntimeError):
+        tc.extract_attention(model, torch.randn(2, 5, 32, 32))  # wrong channel count
+    assert len(_stack()) == 0
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    x = images()
+    assert torch.allclose(model(x), model(x))
+
+
+def test_shared_model_left_unchanged_by_recording():
+    model = tiny_model("vpt-deep")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [b.attn.fused_attn for b in model.vit.blocks]
+    tc.extract_attention(model, images(), full=True)
+    tc.extract_attention(model, images(), keep_grad=True)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert flags == [b.attn.fused_attn for b in model.vit.blocks]
+    assert not model.training
+
+
+def test_non_square_input_and_register_tokens():
+    model = tiny_model("toast", spec=TINY_REG)
+    res = tc.extract_attention(model, images(h=28, w=42))
+    assert res.num_prefix_tokens == 5  # CLS + 4 registers
+    assert res.grid == (4, 6)
+    assert res.final("cls").shape == (2, 2, 4, 6)
+    assert float(res.final("prefix_mass").min()) > 0
+    model = tiny_model("vpt-deep", spec=TINY_REG, num_prompts=3)
+    res = tc.extract_attention(model, images(h=42, w=28))
+    assert res.grid == (6, 4) and res.num_prompt_tokens == 3
+
+
+def test_threads_record_independently():
+    import threading
+
+    model = tiny_model("toast")
+    results, errors = {}, []
+
+    def work(i):
+        try:
+            results[i] = tc.extract_attention(model, images(seed=i)).final("cls")
+        except Exception as e:  # pragma: no cover
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors
+    for i in range(4):
+        assert torch.allclose(results[i], tc.extract_attention(model, images(seed=i)).final("cls"), atol=1e-6)

@@ -1,0 +1,141 @@
+"""One attention layer for every transfer method.
+
+``SteerableAttention`` is timm's ``Attention`` (same parameters, same maths) with two additions that
+are switched on per call, never by mutating the module:
+
+* **recording**: while a :class:`~toast_core.recording.AttentionRecorder` is active in the current
+  thread, the layer hands it its attention weights. In the default ``"rows"`` mode the output is still
+  computed with fused attention and only the prefix-token query rows of ``softmax(QKᵀ/√d)`` are
+  computed on the side (O(N) extra work instead of O(N²)); in ``"full"`` mode the layer runs the
+  unfused path and hands over the whole (B, H, N, N) matrix.
+* **top-down steering** (TOAST): while a :func:`steering` context maps this module to a top-down
+  signal ``td`` (B, N, C), the values become ``V + W_v·td`` (queries and keys untouched). In the
+  authors' compatibility mode the value bias is added a second time, as their code does.
+
+The per-call state lives in a thread-local stack, so a model cached and shared between threads
+(Streamlit sessions) is never modified: two sessions can record and steer the same model at once.
+The layer is installed through timm's own extension point, ``create_model(..., attn_layer=...)``.
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from timm.layers import Attention
+from timm.layers.attention import maybe_add_mask, resolve_self_attn_mask
+
+_local = threading.local()
+
+
+@dataclass
+class _Frame:
+    recorder: Optional[object] = None  # toast_core.recording.AttentionRecorder
+    td: dict = field(default_factory=dict)  # SteerableAttention -> (B, N, C) top-down signal
+    td_official: bool = False
+
+
+def _stack() -> list[_Frame]:
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    return stack
+
+
+def current_recorder():
+    """The innermost active recorder of this thread, or None."""
+    for frame in reversed(_stack()):
+        if frame.recorder is not None:
+            return frame.recorder
+    return None
+
+
+@contextmanager
+def push_frame(frame: _Frame) -> Iterator[_Frame]:
+    """Make ``frame`` visible to attention layers running in this thread; always popped on exit."""
+    stack = _stack()
+    stack.append(frame)
+    try:
+        yield frame
+    finally:
+        # Remove exactly this frame even if an inner context misbehaved.
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i] is frame:
+                del stack[i]
+                break
+
+
+@contextmanager
+def steering(td_by_module: dict, official: bool = False) -> Iterator[None]:
+    """Add top-down values in the given attention modules for the duration of the block.
+
+    Args:
+        td_by_module: ``{attention_module: td}`` with ``td`` shaped (B, N, C) like the module's input.
+        official: reproduce the TOAST authors' quirk (value bias added a second time).
+    """
+    with push_frame(_Frame(td=dict(td_by_module), td_official=official)):
+        yield
+
+
+def _lookup_td(module) -> tuple[Optional[torch.Tensor], bool]:
+    for frame in reversed(_stack()):
+        if module in frame.td:
+            return frame.td[module], frame.td_official
+    return None, False
+
+
+class SteerableAttention(Attention):
+    """timm ``Attention`` that can record its weights and accept a top-down value term."""
+
+    def value_projection(self, td: torch.Tensor, official: bool = False) -> torch.Tensor:
+        """W_v·td (plus b_v in the authors' mode), shaped (B, H, N, D)."""
+        B, N, _ = td.shape
+        a = self.attn_dim
+        if official:
+            # The authors push td through the whole qkv projection (bias included) and keep V.
+            v = self.qkv(td)[..., 2 * a:]
+        else:
+            v = F.linear(td, self.qkv.weight[2 * a:])
+        return v.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+                is_causal: bool = False) -> torch.Tensor:
+        B, N, C = x.shape
+        rec = current_recorder()
+        td, official = _lookup_td(self) if _local.__dict__.get("stack") else (None, False)
+
+        gate = self.gate(x).sigmoid() if self.gate is not None else None
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, H, N, D)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if td is not None:
+            v = v + self.value_projection(td, official)
+
+        full = rec is not None and rec.wants_full(self)
+        if self.fused_attn and not full:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask,
+                dropout_p=self.attn_drop.p if self.training else 0.0, is_causal=is_causal)
+            if rec is not None:
+                n_rows = rec.rows_wanted(self)
+                rows = (q[:, :, :n_rows] * self.scale) @ k.transpose(-2, -1)  # (B, H, n_rows, N)
+                bias = resolve_self_attn_mask(N, rows, attn_mask, is_causal)
+                if bias is not None:
+                    bias = bias[..., :n_rows, :]
+                rec.add_attention(self, maybe_add_mask(rows, bias).softmax(dim=-1), full=False)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, N)
+            attn = maybe_add_mask(attn, resolve_self_attn_mask(N, attn, attn_mask, is_causal))
+            attn = attn.softmax(dim=-1)
+            if rec is not None:
+                rec.add_attention(self, attn, full=True)
+            out = self.attn_drop(attn) @ v
+
+        out = out.transpose(1, 2).reshape(B, N, self.attn_dim)
+        out = self.norm(out)
+        if gate is not None:
+            out = out * gate
+        return self.proj_drop(self.proj(out))

@@ -1,0 +1,181 @@
+"""TOAST: transfer learning via top-down attention steering (Shi et al., 2023), and TOAST-Lite.
+
+Inference, for a ViT with L blocks and width C:
+
+1. bottom-up pass through the frozen backbone → output tokens X (B, N, C) after the final norm;
+2. token selection s_i = clamp(cos(x_i, ξ), 0, 1), x̃_i = s_i·x_i; channel selection z = P x̃;
+3. feedback path from the top block down: h_L = z, h_l = A_l h_{l+1}, td_l = B_l h_l;
+4. top-down pass through the same blocks with V ← V + W_v td_l in block l; classify from it.
+
+TOAST trains A_l, B_l, ξ and the head (P frozen); TOAST-Lite trains rank-4 LoRA updates on every
+A_l and B_l, ξ, P and the head. Parameter names follow the authors' checkpoint layout
+(``decoders.{l}.linear`` = A_l, ``decoders.{l}.linear2`` = B_l, ``prompt`` = ξ,
+``top_down_transform`` = P) so their checkpoints import by name.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..attention import current_recorder
+from ..recording import recorder_begin_pass
+from .base import MethodConfig, TransferModel, register
+from .lora import LoRALinear
+
+BOTTOM_UP, TOP_DOWN = "bottom-up", "top-down"
+
+
+@dataclass
+class TOASTConfig(MethodConfig):
+    """Options of TOAST / TOAST-Lite.
+
+    Attributes:
+        official: reproduce the authors' quirks (value bias added a second time) so their
+            checkpoints behave as trained. Off by default: V ← V + W_v td exactly.
+        head_bias_prior: initialise the head bias at −log(classes − 1), as the authors do.
+        recon_weight: λ of the reconstruction loss used in pre-tuning (0.1 for vision).
+        lite_rank, lite_alpha: LoRA rank and alpha on the decoders (TOAST-Lite only).
+    """
+
+    official: bool = False
+    head_bias_prior: bool = True
+    recon_weight: float = 0.1
+    lite_rank: int = 4
+    lite_alpha: float = 1.0
+
+    def __post_init__(self):
+        if self.recon_weight < 0:
+            raise ValueError(f"recon_weight must be >= 0, got {self.recon_weight}")
+        if self.lite_rank < 1:
+            raise ValueError(f"lite_rank must be >= 1, got {self.lite_rank}")
+
+
+class Decoder(nn.Module):
+    """One block's feedback: ``linear`` = A_l (carries the signal down), ``linear2`` = B_l (its output)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear = nn.Linear(dim, dim, bias=False)
+        self.linear2 = nn.Linear(dim, dim, bias=False)
+        nn.init.trunc_normal_(self.linear.weight, std=0.02)
+        nn.init.trunc_normal_(self.linear2.weight, std=0.02)
+
+
+def select_tokens(tokens: torch.Tensor, xi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token selection. tokens (B, N, C), xi (C,) → gated tokens (B, N, C) and gate s (B, N) in [0, 1]."""
+    s = F.cosine_similarity(tokens, xi.to(tokens.dtype).view(1, 1, -1), dim=-1).clamp(0, 1)
+    return tokens * s.unsqueeze(-1), s
+
+
+def feedback(z: torch.Tensor, decoders: nn.ModuleList) -> list[torch.Tensor]:
+    """The feedback path: td_l = B_l A_l A_{l+1} … A_{L-1} z for every block l (list, block order)."""
+    td = [None] * len(decoders)
+    h = z
+    for l in range(len(decoders) - 1, -1, -1):
+        h = decoders[l].linear(h)
+        td[l] = decoders[l].linear2(h)
+    return td
+
+
+def reconstruction_loss(block_io: list, decoders: nn.ModuleList, weight: float = 0.1) -> torch.Tensor:
+    """Pre-tuning's loss making each A_l invert its block: λ·Σ_l MSE(A_l·sg(out_l), sg(in_l))."""
+    total = sum(F.mse_loss(dec.linear(out.detach()), inp.detach()) for (inp, out), dec in zip(block_io, decoders))
+    return weight * total
+
+
+class _TOASTBase(TransferModel):
+    Config = TOASTConfig
+    lite: bool = False
+
+    def setup(self) -> None:
+        dim = self.vit.embed_dim
+        self.prompt = nn.Parameter(torch.randn(dim))  # ξ
+        self.top_down_transform = nn.Parameter(torch.eye(dim))  # P
+        self.decoders = nn.ModuleList(Decoder(dim) for _ in self.vit.blocks)
+        if self.lite:
+            cfg = self.config
+            for dec in self.decoders:
+                dec.linear = LoRALinear(dec.linear, cfg.lite_rank, cfg.lite_alpha)
+                dec.linear2 = LoRALinear(dec.linear2, cfg.lite_rank, cfg.lite_alpha)
+        head = self.vit.head
+        if self.config.head_bias_prior and isinstance(head, nn.Linear) and head.out_features > 1:
+            nn.init.constant_(head.bias, -math.log(head.out_features - 1))
+
+    def trainable_modules(self):
+        if self.lite:
+            loras = [p for dec in self.decoders for lin in (dec.linear, dec.linear2) for p in (lin.lora_A, lin.lora_B)]
+            return [self.vit.head, self.prompt, self.top_down_transform, *loras]
+        return [self.vit.head, self.prompt, self.decoders]
+
+    def top_down(self, tokens: torch.Tensor, xi: Optional[torch.Tensor] = None,
+                 grid: Optional[tuple] = None) -> list[torch.Tensor]:
+        """Steps 2–3: the per-block top-down signals from the bottom-up output tokens."""
+        gated, s = select_tokens(tokens, self.prompt if xi is None else xi)
+        z = gated @ self.top_down_transform.t()
+        td = feedback(z, self.decoders)
+        rec = current_recorder()
+        if rec is not None and grid is not None:
+            p = self.num_prefix_tokens
+            rec.add_extra("gate", s[:, p:].reshape(s.shape[0], *grid))
+            rec.add_extra("td_norm", torch.stack([t.norm(dim=-1).mean(dim=-1) for t in td]))
+        return td
+
+    def bottom_up(self, images: torch.Tensor):
+        """Step 1: the plain backbone pass (no gradient unless the images need one)."""
+        recorder_begin_pass(BOTTOM_UP)
+        if torch.is_grad_enabled() and images.requires_grad:
+            return self.run_blocks(images)
+        with torch.no_grad():
+            return self.run_blocks(images)
+
+    def forward(self, images: torch.Tensor, td_scale: float = 1.0,
+                xi: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits of the top-down pass.
+
+        Args:
+            td_scale: multiplies the top-down signal (0 = bottom-up only, 1 = as trained, >1 amplified).
+            xi: replaces the learned task embedding ξ (C,) for this call (e.g. a clicked patch's token).
+        """
+        return self._two_passes(images, td_scale, xi, collect_io=False)[0]
+
+    def _two_passes(self, images, td_scale=1.0, xi=None, collect_io=False):
+        first = self.bottom_up(images)
+        td = self.top_down(first.tokens, xi, first.grid)
+        if td_scale != 1.0:
+            td = [t * td_scale for t in td]
+        recorder_begin_pass(TOP_DOWN)
+        second = self.run_blocks(images, td=td, official=self.config.official, collect_io=collect_io)
+        return self.classify(second.tokens), second
+
+    def training_outputs(self, images: torch.Tensor, stage: str = "tune"):
+        """Logits and extra losses; pre-tuning adds the reconstruction loss."""
+        want_rec = stage == "pretune" and self.config.recon_weight > 0
+        logits, second = self._two_passes(images, collect_io=want_rec)
+        extra = {}
+        if want_rec:
+            extra["reconstruction"] = reconstruction_loss(second.block_io, self.decoders, self.config.recon_weight)
+        return logits, extra
+
+    def token_at(self, images: torch.Tensor, row: int, col: int) -> torch.Tensor:
+        """The bottom-up output token of patch (row, col) of image 0 — a ξ for steering (C,)."""
+        with torch.no_grad():
+            out = self.run_blocks(images[:1])
+        h, w = out.grid
+        if not (0 <= row < h and 0 <= col < w):
+            raise ValueError(f"patch ({row}, {col}) is outside the {h}x{w} grid")
+        return out.tokens[0, self.num_prefix_tokens + row * w + col].clone()
+
+
+@register("toast")
+class TOAST(_TOASTBase):
+    lite = False
+
+
+@register("toast-lite")
+class TOASTLite(_TOASTBase):
+    lite = True
