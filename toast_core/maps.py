@@ -1,0 +1,148 @@
+"""Map kinds on the patch grid, from an :class:`~toast_core.recording.AttentionResult` or a model.
+
+Every function returns a float tensor shaped (B, h, w). Kinds (labels used on screen and in exports):
+
+* ``cls`` — softmax attention of the CLS query to each patch, one layer, one head or the head mean;
+* ``rollout`` — attention rollout (Abnar & Zuidema, 2020): the product over layers of the
+  head-averaged attention mixed with the identity for the residual path, CLS row;
+* ``token_norm`` — L2 norm of each output token of a layer (the TOAST paper's figures use this);
+* ``integrated_gradients`` — Integrated Gradients of the predicted class w.r.t. the input pixels
+  (captum), |attribution| summed over channels and averaged per patch.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .recording import AttentionResult, extract_attention
+
+MAP_KINDS: dict[str, str] = {
+    "cls": "CLS attention",
+    "rollout": "attention rollout",
+    "token_norm": "token norm",
+    "integrated_gradients": "Integrated Gradients",
+}
+ATTENTION_KINDS = ("cls", "rollout", "token_norm")
+
+
+def _pass(result: AttentionResult, pass_name: Optional[str]) -> str:
+    name = pass_name or result.final_pass
+    if name not in result.passes:
+        raise ValueError(f"pass '{name}' not recorded; passes: {result.passes}")
+    return name
+
+
+def cls_map(result: AttentionResult, layer: int = -1, head: Optional[int] = None,
+            pass_name: Optional[str] = None) -> torch.Tensor:
+    """CLS→patch attention of one layer: the head mean (head=None) or one head. (B, h, w)."""
+    name = _pass(result, pass_name)
+    if head is None:
+        return result.cls[name][layer]
+    return result.heads[name][layer][:, head]
+
+
+def token_norm_map(result: AttentionResult, layer: int = -1, pass_name: Optional[str] = None) -> torch.Tensor:
+    """L2 norm of each patch token leaving block ``layer``. (B, h, w)."""
+    return result.token_norm[_pass(result, pass_name)][layer]
+
+
+def rollout(result: AttentionResult, pass_name: Optional[str] = None, start_layer: int = 0,
+            end_layer: Optional[int] = None, residual: float = 0.5) -> torch.Tensor:
+    """Attention rollout up to ``end_layer`` (inclusive; default last). Needs ``full=True`` recording.
+
+    Each layer's head-averaged attention A becomes ``residual·I + (1-residual)·A`` (rows still sum to
+    1), the matrices are multiplied from ``start_layer`` up, and the CLS row's patch entries form the map.
+    """
+    if result.full is None:
+        raise ValueError("rollout needs full attention matrices: extract_attention(..., full=True)")
+    mats = result.full[_pass(result, pass_name)].mean(dim=2)  # (L, B, N, N)
+    end = mats.shape[0] - 1 if end_layer is None else end_layer % mats.shape[0]
+    n = mats.shape[-1]
+    eye = torch.eye(n, dtype=mats.dtype, device=mats.device)
+    joint = eye.expand_as(mats[0]).clone()
+    for layer in range(start_layer, end + 1):
+        a = residual * eye + (1.0 - residual) * mats[layer]
+        joint = (a / a.sum(dim=-1, keepdim=True)) @ joint
+    lead = result.num_prefix_tokens + result.num_prompt_tokens
+    h, w = result.grid
+    if result.num_prefix_tokens > 0:
+        row = joint[:, 0, lead:]
+    else:
+        row = joint[:, lead:, lead:].mean(dim=1)
+    return row.reshape(row.shape[0], h, w)
+
+
+def patch_grid(model: torch.nn.Module, images: torch.Tensor) -> tuple[int, int]:
+    """The patch grid a backbone makes of ``images`` (read from its patch embedding)."""
+    vit = getattr(model, "vit", model)
+    ph, pw = vit.patch_embed.patch_size
+    return images.shape[-2] // ph, images.shape[-1] // pw
+
+
+def integrated_gradients(model: torch.nn.Module, images: torch.Tensor, target: Optional[torch.Tensor] = None,
+                         steps: int = 16, forward_kwargs: Optional[dict] = None,
+                         internal_batch_size: Optional[int] = None) -> torch.Tensor:
+    """Integrated Gradients (captum) of ``target`` (default: the predicted class), pooled per patch.
+
+    Args:
+        images: (B, 3, H, W) normalised images; the baseline is the all-zero (mean) image.
+        target: (B,) class indices; None = argmax of the model's prediction.
+        steps: integration steps (captum's ``n_steps``).
+
+    Returns:
+        (B, h, w) mean |attribution| per patch (channels summed).
+    """
+    from captum.attr import IntegratedGradients
+
+    kwargs = forward_kwargs or {}
+    was_training = model.training
+    model.eval()
+    try:
+        if target is None:
+            with torch.no_grad():
+                target = model(images, **kwargs).argmax(dim=-1)
+        ig = IntegratedGradients(lambda x: model(x, **kwargs))
+        attr = ig.attribute(images, baselines=torch.zeros_like(images), target=target, n_steps=steps,
+                            internal_batch_size=internal_batch_size or images.shape[0] * steps)
+    finally:
+        model.train(was_training)
+    heat = attr.detach().abs().sum(dim=1, keepdim=True)  # (B, 1, H, W)
+    return F.adaptive_avg_pool2d(heat, patch_grid(model, images)).squeeze(1)
+
+
+def compute_map(kind: str, result: AttentionResult, *, layer: int = -1, head: Optional[int] = None,
+                pass_name: Optional[str] = None) -> torch.Tensor:
+    """One attention-derived map kind from a recorded result. (B, h, w)."""
+    if kind == "cls":
+        return cls_map(result, layer, head, pass_name)
+    if kind == "rollout":
+        return rollout(result, pass_name, end_layer=layer)
+    if kind == "token_norm":
+        return token_norm_map(result, layer, pass_name)
+    raise ValueError(f"unknown attention map kind '{kind}'; choose from {ATTENTION_KINDS}")
+
+
+def maps_for(model: torch.nn.Module, images: torch.Tensor, kind: str = "cls", *, layer: int = -1,
+             head: Optional[int] = None, pass_name: Optional[str] = None,
+             forward_kwargs: Optional[dict] = None) -> tuple[torch.Tensor, AttentionResult]:
+    """Run the model once and return the chosen map kind (B, h, w) and the recorded result."""
+    result = extract_attention(model, images, full=(kind == "rollout"), forward_kwargs=forward_kwargs)
+    if kind == "integrated_gradients":
+        return integrated_gradients(model, images, forward_kwargs=forward_kwargs), result
+    return compute_map(kind, result, layer=layer, head=head, pass_name=pass_name), result
+
+
+def describe_map(kind: str, layer: Optional[int] = None, head: Optional[int] = None,
+                 pass_name: Optional[str] = None, num_layers: Optional[int] = None) -> str:
+    """A human label for a map, e.g. ``"CLS attention · layer 12/12 · head mean · top-down pass"``."""
+    parts = [MAP_KINDS.get(kind, kind)]
+    if kind in ATTENTION_KINDS and layer is not None:
+        idx = layer % num_layers if num_layers else layer
+        parts.append(f"layer {idx + 1}" + (f"/{num_layers}" if num_layers else ""))
+    if kind == "cls":
+        parts.append("head mean" if head is None else f"head {head}")
+    if pass_name and pass_name != "main" and kind in ATTENTION_KINDS:
+        parts.append(f"{pass_name} pass")
+    return " · ".join(parts)
