@@ -6,25 +6,37 @@ Public API::
     tc.available_methods()                       # ['linear', 'finetune', 'lora', ...]
     model = tc.build_model("toast", num_classes=10)
     result = tc.extract_attention(model, images) # result.cls["top-down"]: (layers, B, h, w)
+
+Names are imported lazily, so light modules (render, export, metrics, images) load without torch/timm.
 """
-from .backbones import DEFAULT_BACKBONE, create_backbone
+from __future__ import annotations
+
+import importlib
+
 from .errors import CheckpointError, InputError, ToastError
-from .methods import TransferModel, available_methods, get_method
-from .models import build_model, data_config
-from .recording import AttentionResult, extract_attention, record
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "DEFAULT_BACKBONE": "backbones", "create_backbone": "backbones",
+    "TransferModel": "methods", "available_methods": "methods", "get_method": "methods",
+    "build_model": "models", "data_config": "models",
+    "AttentionResult": "recording", "extract_attention": "recording", "record": "recording",
+    "load_image": "images",
+    "load_checkpoint": "checkpoints", "save_checkpoint": "checkpoints",
+}
 
-def load_image(src, **kwargs):
-    """Read an image safely (see :func:`toast_core.images.load_image`)."""
-    from .images import load_image as _load_image
 
-    return _load_image(src, **kwargs)
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'toast_core' has no attribute '{name}'")
 
 
-__all__ = [
-    "DEFAULT_BACKBONE", "AttentionResult", "CheckpointError", "InputError", "ToastError", "TransferModel",
-    "available_methods", "build_model", "create_backbone", "data_config", "extract_attention",
-    "get_method", "load_image", "record", "__version__",
-]
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
+
+
+__all__ = ["CheckpointError", "InputError", "ToastError", "__version__", *_LAZY]

@@ -46,7 +46,8 @@ def build_model(method: str, backbone: str = DEFAULT_BACKBONE, num_classes: int 
     model = cls(vit, cfg)
     model.build_info = {"method": method, "backbone": backbone, "num_classes": int(num_classes),
                         "img_size": img_size, "backbone_kwargs": dict(backbone_kwargs or {}),
-                        "config": cfg.to_dict()}
+                        "config": cfg.to_dict(),
+                        "pretrained": pretrained if isinstance(pretrained, bool) else str(pretrained)}
     return model
 
 

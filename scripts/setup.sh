@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create .venv (once) and install the project's requirements into it.
+#   bash scripts/setup.sh        runtime requirements (the app)
+#   bash scripts/setup.sh dev    runtime + test requirements
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+req=requirements.txt
+[ "${1:-}" = "dev" ] && req=requirements-dev.txt
+stamp=".venv/.installed-$(cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)-${1:-app}"
+if [ ! -f "$stamp" ]; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r "$req"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+  touch "$stamp"
+fi
