@@ -1,0 +1,4 @@
+"""``python -m toast_core.data``: generate the demo task and/or its gallery samples."""
+from .demo_task import main
+
+raise SystemExit(main())
