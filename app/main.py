@@ -1,0 +1,28 @@
+"""The app's entry script: page navigation only. Run from the repository root::
+
+    streamlit run app/main.py --server.headless true --server.address 127.0.0.1 \
+        --browser.gatherUsageStats false
+
+(the same settings are in ``.streamlit/config.toml``). Each page is a module under ``app/views/``.
+"""
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from app import state  # noqa: E402
+
+st.set_page_config(page_title="Where do transfer methods look?", page_icon=":material/compare:", layout="wide")
+state.keep_widget_state()
+page = st.navigation([
+    st.Page("views/compare.py", title="Compare", icon=":material/compare:", default=True),
+    st.Page("views/layers.py", title="Layers", icon=":material/layers:"),
+    st.Page("views/inspector.py", title="TOAST inspector", icon=":material/center_focus_strong:"),
+    st.Page("views/models.py", title="Models", icon=":material/inventory_2:"),
+    st.Page("views/export.py", title="Export", icon=":material/picture_as_pdf:"),
+])
+page.run()

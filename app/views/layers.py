@@ -1,0 +1,79 @@
+"""Layers: for one image, every method's maps across all layers (small multiples, one row per method).
+
+Stable keys: ``strip-<method>`` (one container per model), ``layers-grid``; widgets ``keep-image``,
+``keep-methods``, ``lay-kind``, ``lay-heads``, ``lay-pass``, ``lay-scale``, ``lay-cmap``, ``lay-alpha``,
+``lay-width``.
+"""
+import numpy as np
+import streamlit as st
+
+from app import state
+from toast_core import compare as cmp
+from toast_core import render
+from toast_core.errors import ToastError
+from toast_core.maps import MAP_KINDS, describe_map
+
+entries, failures, note = state.session_entries()
+state.sidebar_status(note)
+st.title("Layer by layer")
+st.caption("Each row is one method, each column one layer (1 = nearest the pixels). All maps come from "
+           "one forward pass per model.")
+state.untrained_notice(entries)
+for key, msg in failures:
+    st.error(f"Could not load {key}: {msg}")
+if not entries:
+    st.stop()
+
+names = [e.name for e in entries]
+with st.sidebar:
+    image_label, image, image_key = state.image_picker()
+    chosen = state.methods_multiselect(names)
+    selected = [e for e in entries if e.name in chosen]
+    kind = state.kind_select("lay-kind", attention_only=True)
+    head = state.head_control("lay-heads", cmp.common_heads(selected or entries), allow_all=False) \
+        if kind == "cls" else None
+    pass_name = state.pass_select("lay-pass", selected)
+    scale_mode = st.radio("Colour scale", ["shared", "per method", "per panel"], key="lay-scale",
+                          help="shared: one range for every thumbnail; per method: one per row.")
+    cmap = state.colormap_select("lay-cmap")
+    alpha = state.opacity_slider("lay-alpha", 0.6)
+    width = st.slider("Thumbnail width", 48, 200, 80, step=8, key="lay-width")
+
+if not selected:
+    st.info("Pick at least one method.")
+    st.stop()
+
+try:
+    with state.Timer() as timer, st.spinner("Running the models…"):
+        strips = {e.name: cmp.layer_strip(e, image, kind=kind, head=head, pass_name=pass_name, image_key=image_key)
+                  for e in selected}
+except ToastError as e:
+    st.error(str(e))
+    st.stop()
+
+display = cmp.display_array(image, max_side=max(2 * width, 96))
+all_maps = [m for s in strips.values() for m in s]
+shared = render.color_scale(all_maps, mode="shared")[0]
+head_txt = "" if kind != "cls" else (" · head mean" if head is None else f" · head {head}")
+st.subheader(MAP_KINDS[kind] + head_txt)
+st.caption(f"{image_label} · colour scale: {scale_mode} · {timer.seconds:.2f} s")
+grid = st.container(key="layers-grid")
+for e in selected:
+    strip = strips[e.name]
+    if scale_mode == "shared":
+        ranges = [shared] * len(strip)
+    elif scale_mode == "per method":
+        ranges = render.color_scale(list(strip), mode="shared")
+    else:
+        ranges = render.color_scale(list(strip), mode="per-panel")
+    thumbs = [render.overlay(display, m, lo, hi, cmap, alpha) for m, (lo, hi) in zip(strip, ranges)]
+    with grid.container(key=f"strip-{state.slug(e.name)}", border=True):
+        rec = cmp.record(e, image, image_key=image_key)
+        pass_used = cmp.resolve_pass(rec, pass_name)
+        label = describe_map(kind, None, head, pass_used if len(rec.passes) > 1 else None)
+        preds = cmp.top_predictions(rec.probs, e.class_names, 1)
+        st.markdown(f"**{e.name}**" + ("" if e.trained else " · *untrained*") +
+                    f" — {label} · predicts {state.predictions_text(preds)}")
+        st.image(thumbs, caption=[f"L{i + 1}" for i in range(len(thumbs))], width=width)
+        peak = np.array([m.max() for m in strip])
+        st.caption("peak per layer: " + " ".join(f"{v:.2g}" for v in peak))

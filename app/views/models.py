@@ -1,0 +1,110 @@
+"""Models: which checkpoints are loaded (backbone, method, trainable share, accuracy), load your own
+(upload or server path), and prepare the trained demo checkpoints with a progress bar.
+
+Stable keys: ``models-table``, ``models-failures``, ``prepare-demo`` (button), ``prepare-quick``,
+``ckpt-upload``, ``ckpt-path``, ``ckpt-path-load``, ``models-remove``, ``models-device``.
+"""
+import streamlit as st
+
+from app import state
+from toast_core import compare as cmp
+from toast_core.errors import ToastError
+
+entries, failures, note = state.session_entries()
+state.sidebar_status(note)
+st.title("Models")
+with st.container(key="models-device"):
+    st.markdown(f"**Device:** {cmp.device_label(state.device())} · **models:** {note}")
+state.untrained_notice(entries)
+
+rows = []
+for e in entries:
+    info = e.info
+    share = info.get("share")
+    acc = info.get("accuracy")
+    rows.append({
+        "name": e.name, "method": e.method, "backbone": info.get("backbone"), "source": e.source,
+        "trained": e.trained, "layers": e.num_layers, "heads": e.num_heads,
+        "trainable share": None if share is None else f"{100 * share:.3f}%",
+        "trainable params": info.get("trainable"), "accuracy": None if acc is None else f"{100 * acc:.1f}%",
+        "classes": len(e.class_names), "sha256": (info.get("sha256") or "")[:12] or None,
+        "checkpoint": info.get("path") or e.key,
+    })
+with st.container(key="models-table"):
+    st.dataframe(rows, hide_index=True, width="stretch")
+if failures:
+    with st.container(key="models-failures"):
+        for key, msg in failures:
+            st.error(f"Could not load {key}: {msg}")
+
+# -- prepare-demo ------------------------------------------------------------------------------------
+st.subheader("Default models")
+demo_keys = state.demo_checkpoint_keys()
+if demo_keys:
+    st.success(f"{len(demo_keys)} trained demo checkpoints are present.")
+else:
+    st.info("The trained demo checkpoints are missing. Prepare them here (or run "
+            "`python -m toast_core prepare-demo`); until then the pages show random tiny models, labelled "
+            "as untrained.")
+quick = st.checkbox("Quick (small task, few steps: minutes, for a first look)", key="prepare-quick")
+if st.button("Prepare demo checkpoints", key="prepare-demo", disabled=not state.prepare_demo_available()):
+    bar = st.progress(0.0, text="Starting…")
+
+    def progress(fraction: float, text: str) -> None:
+        bar.progress(min(1.0, max(0.0, float(fraction))), text=text)
+
+    try:
+        state.prepare_demo(progress, quick=quick)
+    except ToastError as e:
+        st.error(f"prepare-demo failed: {e}")
+    else:
+        bar.progress(1.0, text="Done")
+        st.success("Demo checkpoints ready.")
+        st.rerun()
+if not state.prepare_demo_available():
+    st.caption("prepare-demo is not available in this installation.")
+
+# -- your own checkpoints ----------------------------------------------------------------------------
+st.subheader("Load your own checkpoint")
+st.caption("This project's checkpoints: a `.safetensors` file written by `toast_core` (its config travels in "
+           "the header). Files are read safely (safetensors, or torch with weights_only); nothing in them runs.")
+extra = st.session_state.setdefault("extra_models", [])
+up = st.file_uploader("Upload a checkpoint (.safetensors)", key="ckpt-upload")  # checked by content
+if up is not None:
+    done = st.session_state.setdefault("ckpt-upload-results", {})
+    if up.file_id not in done:
+        try:
+            key = state.save_uploaded_checkpoint(up.name, up.getvalue())
+            entry = state.load_model(key, state.device())
+        except ToastError as e:
+            done[up.file_id] = ("error", str(e))
+        else:
+            if key not in extra:
+                extra.append(key)
+            done[up.file_id] = ("ok", f"Loaded {entry.method} from {up.name}.")
+            st.rerun()
+    status, text = done[up.file_id]
+    (st.success if status == "ok" else st.error)(text)
+
+allowed = state.paths_allowed()
+path = st.text_input("…or a checkpoint path on the server", key="ckpt-path", disabled=not allowed,
+                     placeholder="/path/to/run/model.safetensors")
+if not allowed:
+    st.caption("Loading by path is disabled on this server (it serves beyond localhost). Upload instead.")
+if st.button("Load from path", key="ckpt-path-load", disabled=not allowed or not path):
+    key = f"ckpt:{state.resolve_checkpoint_path(path)}"
+    try:
+        entry = state.load_model(key, state.device())
+    except ToastError as e:
+        st.error(f"Could not load {path}: {e}")
+    else:
+        if key not in extra:
+            extra.append(key)
+        st.rerun()
+
+if extra:
+    drop = st.multiselect("Your checkpoints in this session", extra, default=[], key="models-remove",
+                          help="Select to remove from this session (the shared cache keeps the model).")
+    if st.button("Remove selected", key="models-remove-go", disabled=not drop):
+        st.session_state["extra_models"] = [k for k in extra if k not in drop]
+        st.rerun()
