@@ -9,6 +9,12 @@ import sys
 # name -> (module, one-line help). Add a command by adding a row.
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("toast_core.commands.info", "list transfer methods and their trainable parameters"),
+    "train": ("toast_core.commands.train", "train one method on your own dataset (ImageFolder layout)"),
+    "pretune": ("toast_core.commands.pretune", "TOAST stage 1: pre-tune the top-down module on generic images"),
+    "prepare-demo": ("toast_core.commands.prepare_demo", "default backbone, demo task and all seven trained checkpoints"),
+    "bench": ("toast_core.commands.bench", "benchmark recording, TOAST and batch analysis against plain passes"),
+    "analyze": ("toast_core.commands.analyze", "measure where attention lands on an annotated dataset (CSV, summary, plots)"),
+    "figure": ("toast_core.commands.figure", "paper figure of methods x layers/images (PDF, SVG, PNG, zip bundle)"),
 }
 
 

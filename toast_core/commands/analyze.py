@@ -1,0 +1,224 @@
+"""``analyze``: measure where each method's attention lands over an annotated dataset, in batch.
+
+Examples::
+
+    python -m toast_core analyze --demo --out runs/analysis                    # the seven default models
+    python -m toast_core analyze --checkpoints a.safetensors b.safetensors --data CUB_200_2011 --out out
+    python -m toast_core analyze --quick --out /tmp/smoke                       # tiny untrained models
+
+Writes ``rows.csv`` (one row per image × method × pass × layer × map kind), ``summary.csv``,
+``layer_average.csv``, ``summary.md``, plots (PNG + PDF) and ``run.json`` into ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ..errors import InputError
+
+#: the tiny backbone of --quick without checkpoints (random weights, milliseconds per batch)
+QUICK_SPEC = dict(backbone="vit_tiny_patch16_224", img_size=32,
+                  backbone_kwargs=dict(patch_size=8, depth=3, embed_dim=32, num_heads=2))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_argument_group("models (one of)")
+    src.add_argument("--checkpoints", nargs="+", metavar="PATH", help="checkpoint files to compare")
+    src.add_argument("--demo", action="store_true", help="the seven default checkpoints under TOAST_HOME/demo/")
+    parser.add_argument("--data", metavar="DIR", help="annotated dataset: default-task folder (manifest.json), "
+                        "CUB-200-2011 folder, or an image folder with masks (default with --demo: the default task)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--split", default="test", help="dataset split (default: test)")
+    parser.add_argument("--layers", default="all", help="'all', 'last' or 0-based indices such as 0,5,11")
+    parser.add_argument("--kinds", default="cls,rollout,token_norm", help="map kinds, comma-separated")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="auto", help="'auto' (GPU when present), 'cpu', 'cuda', 'cuda:1'...")
+    parser.add_argument("--max-images", type=int, metavar="N", help="analyse only the first N images")
+    parser.add_argument("--faithfulness", action="store_true",
+                        help="also deletion/insertion AUC (last layer, cls maps; 2*(steps+1) forwards per image)")
+    parser.add_argument("--faithfulness-steps", type=int, default=16)
+    parser.add_argument("--faithfulness-max-images", type=int, metavar="N",
+                        help="deletion/insertion for the first N images only (they cost the most)")
+    parser.add_argument("--td-scales", metavar="S,S,...",
+                        help="TOAST models only: analyse each at these top-down scales (e.g. 0,0.5,1,2)")
+    parser.add_argument("--tolerance-px", type=float, help="pointing-game tolerance (default 15 px at 224 px)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+    parser.add_argument("--quick", action="store_true", help="smoke run: at most 12 images; without models, "
+                        "seven tiny untrained ones; without --data, a tiny generated default task")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def demo_checkpoints() -> list[Path]:
+    """The default models' checkpoints (``toast_home()/demo/<method>/``, written by ``prepare-demo``)."""
+    from ..demo import demo_checkpoint_paths, demo_dir
+
+    found = demo_checkpoint_paths()
+    if not found:
+        raise InputError(f"no default checkpoints under {demo_dir()}; run `python -m toast_core prepare-demo` first")
+    from .. import available_methods
+
+    missing = [m for m in available_methods() if m not in found]
+    if missing:
+        print(f"note: no default checkpoint for {', '.join(missing)} yet", file=sys.stderr)
+    return list(found.values())
+
+
+def _checkpoint_task_dir(models: dict) -> Path | None:
+    """The default-task folder the first checkpoint was trained on: its recorded path when that still
+    holds the task, else the task regenerated from the recorded config; None when none is recorded."""
+    from ..data import DemoTaskConfig, ensure_demo_task, is_valid_demo_task
+
+    for m in models.values():
+        info = getattr(m, "checkpoint_info", None) or {}
+        data = info.get("data") if isinstance(info.get("data"), dict) else {}
+        cfg = data.get("task_config")
+        config = DemoTaskConfig.from_dict(cfg) if isinstance(cfg, dict) else None
+        path = data.get("dataset")
+        if path and is_valid_demo_task(path, config):
+            return Path(path)
+        if config is not None:
+            return ensure_demo_task(config)
+    return None
+
+
+def _models_from_checkpoints(paths: list[Path]) -> dict:
+    from ..checkpoints import load_checkpoint
+
+    models = {}
+    for p in paths:
+        if not p.exists():
+            raise InputError(f"checkpoint {p} does not exist")
+        model = load_checkpoint(p)
+        name = (getattr(model, "build_info", None) or {}).get("method") or p.stem
+        if name in models:
+            name = f"{name}:{p.parent.name if p.name == 'model.safetensors' else p.stem}"
+        models[name] = model
+    return models
+
+
+def _quick_models(num_classes: int) -> dict:
+    import torch
+
+    from .. import available_methods, build_model
+
+    models = {}
+    for method in available_methods():
+        torch.manual_seed(0)
+        models[method] = build_model(method, num_classes=num_classes, pretrained=False, **QUICK_SPEC)
+    return models
+
+
+def _default_task_dir(quick: bool, out: Path) -> Path:
+    from ..data import DemoTaskConfig, ensure_demo_task
+    from ..data.demo_task import generate_demo_task
+
+    if quick:
+        return generate_demo_task(out / "quick_task", DemoTaskConfig.quick(), workers=1)
+    return ensure_demo_task()
+
+
+def _td_variants(models: dict, spec: str) -> tuple[dict, dict]:
+    try:
+        scales = [float(s) for s in spec.split(",") if s.strip()]
+    except ValueError:
+        raise InputError(f"--td-scales must be comma-separated numbers, got {spec!r}") from None
+    out, fkw = {}, {}
+    for name, model in models.items():
+        if hasattr(model, "top_down") and scales:
+            for s in scales:
+                out[f"{name}@td{s:g}"] = model
+                fkw[f"{name}@td{s:g}"] = {"td_scale": s}
+        else:
+            out[name] = model
+    return out, fkw
+
+
+def run(args) -> int:
+    from .. import analysis
+    from ..cache import toast_home
+
+    start = time.perf_counter()
+    out = Path(args.out)
+    if args.checkpoints and args.demo:
+        raise InputError("give --checkpoints or --demo, not both")
+    if not (args.checkpoints or args.demo or args.quick):
+        raise InputError("choose models: --checkpoints PATH ..., --demo, or --quick (tiny untrained models)")
+    if args.batch_size < 1:
+        raise InputError("--batch-size must be >= 1")
+    kinds = analysis.parse_kinds(args.kinds)
+    max_images = args.max_images if args.max_images is not None else (12 if args.quick else None)
+    ckpts = [Path(p) for p in args.checkpoints] if args.checkpoints else (demo_checkpoints() if args.demo else [])
+    models = _models_from_checkpoints(ckpts) if ckpts else {}
+    if args.data:
+        data_dir = Path(args.data)
+    elif args.checkpoints:
+        data_dir = _checkpoint_task_dir(models)
+        if data_dir is None:
+            raise InputError("--data DIR is needed: the checkpoints name no default-task folder that exists here")
+    else:
+        data_dir = (_checkpoint_task_dir(models) if args.demo else None) or _default_task_dir(args.quick and not args.demo, out)
+    if not models:
+        probe = analysis.load_dataset(data_dir, args.split)
+        n_classes = getattr(probe, "num_classes", None) or max(probe[i]["label"] for i in range(len(probe))) + 1
+        models = _quick_models(int(n_classes))
+    first = next(iter(models.values()))
+    size = analysis.model_input_size(first)
+    for name, m in models.items():
+        if analysis.model_input_size(m) != size:
+            raise InputError(f"models expect different input sizes ({name}: {analysis.model_input_size(m)}, "
+                             f"first: {size}); analyse them in separate runs")
+    dataset = analysis.load_dataset(data_dir, args.split, model=first, max_images=max_images)
+    fkw = {}
+    if args.td_scales:
+        models, fkw = _td_variants(models, args.td_scales)
+    device = analysis.resolve_device(args.device)
+    print(f"analysing {len(models)} model(s) on {len(dataset)} images of {data_dir} ({args.split}), "
+          f"{size}px, device {device}", file=sys.stderr)
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(dataset) * len(models), unit="img", desc="analyze", file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.update(done - bar.n)
+
+    try:
+        rows = analysis.run_analysis(
+            models, dataset, layers=args.layers, kinds=kinds, batch_size=args.batch_size, device=device,
+            progress=progress, faithfulness=args.faithfulness,
+            faithfulness_steps=4 if args.quick and args.faithfulness_steps == 16 else args.faithfulness_steps,
+            faithfulness_max_images=args.faithfulness_max_images, forward_kwargs=fkw,
+            tolerance_px=args.tolerance_px, as_frame=False)
+    finally:
+        if bar is not None:
+            bar.close()
+    meta = dict(command="analyze", data=str(data_dir), split=args.split, n_images=len(dataset), image_size=size,
+                layers=args.layers, kinds=kinds, device=str(device), batch_size=args.batch_size,
+                checkpoints=[str(p) for p in ckpts], models={n: getattr(m, "build_info", {}) for n, m in models.items()},
+                forward_kwargs=fkw, faithfulness=args.faithfulness, faithfulness_steps=args.faithfulness_steps,
+                faithfulness_max_images=args.faithfulness_max_images, quick=args.quick, toast_home=str(toast_home()),
+                seconds=round(time.perf_counter() - start, 1), versions=_versions())
+    written = analysis.write_report(rows, out, title=f"Attention analysis: {data_dir.name} ({args.split})",
+                                    meta=meta, n_boot=args.bootstrap)
+    print((out / "summary.md").read_text())
+    for key, paths in written.items():
+        print(f"{key}: " + ", ".join(str(p) for p in paths), file=sys.stderr)
+    print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return 0
+
+
+def _versions() -> dict:
+    import platform
+
+    import numpy
+    import timm
+    import torch
+
+    from .. import __version__
+
+    return dict(toast_core=__version__, torch=torch.__version__, timm=timm.__version__, numpy=numpy.__version__,
+                python=platform.python_version())
