@@ -72,10 +72,15 @@ def content_height(page) -> int:
 def capture(page, path: Path, width: int, max_height: int) -> int:
     """Full-height screenshot of the current view (the viewport grows to the content, up to
     ``max_height``), shrunk to fit. Returns the file size."""
-    height = min(max(content_height(page), 800), max_height)
-    page.set_viewport_size({"width": width, "height": height})
-    page.wait_for_timeout(400)
-    wait_idle(page, settle=0.5)
+    height = 0
+    for _ in range(4):  # grow the viewport until the content fits (lazy elements can add height)
+        want = min(max(content_height(page), 800), max_height)
+        if want <= height:
+            break
+        height = want
+        page.set_viewport_size({"width": width, "height": height})
+        page.wait_for_timeout(500)
+        wait_idle(page, settle=0.5)
     try:
         wait_charts(page, None, timeout=60)
     except Exception:  # noqa: BLE001 - a page without charts

@@ -19,7 +19,7 @@ import pytest
 
 from tests.browser.expect import make_image
 from tests.browser.harness import AppServer, ROOT, shared_browser, UPLOAD_INPUT
-from tests.browser.ui import goto_page, open_app, selectbox_value, upload, wait_idle
+from tests.browser.ui import goto_page, open_app, selectbox_value, upload, wait_charts, wait_idle
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -76,8 +76,10 @@ def _xsrf_refused(url: str) -> int:
 
 @pytest.fixture(scope="module")
 def default_server(tmp_path_factory):
-    """``streamlit run app/main.py --server.port N``: every other setting from .streamlit/config.toml."""
-    s = AppServer(env={"TOAST_APP_MODELS": "tiny"}, home=tmp_path_factory.mktemp("serve_default"), address=None)
+    """``streamlit run app/main.py --server.port N``: every other setting from .streamlit/config.toml, and
+    the app's default models (an empty TOAST_HOME: the demo checkpoints are not there, so the app shows
+    random tiny models, labelled as such)."""
+    s = AppServer(env={"TOAST_APP_MODELS": ""}, home=tmp_path_factory.mktemp("serve_default"), address=None)
     s.start()
     yield s
     s.stop()
@@ -115,6 +117,23 @@ def test_xsrf_protection_is_on(default_server, public_server):
 
 def test_public_server_listens_everywhere(public_server):
     assert set(_listening(public_server.port)) & ANY
+
+
+@pytest.mark.browser
+def test_default_command_shows_a_first_comparison(default_server):
+    """The README's command opens on a comparison of every method without any further step."""
+    import toast_core as tc
+
+    page = shared_browser().new_page()
+    try:
+        open_app(page, default_server.url)
+        n = len(tc.available_methods())
+        wait_charts(page, n)
+        assert page.locator('[class*="st-key-panel-"]').count() == n
+        assert page.locator('[data-testid="stException"]').count() == 0
+        assert "untrained" in page.locator('[data-testid="stAlert"]').first.inner_text().lower()
+    finally:
+        page.context.close()
 
 
 def _models_path_input(page):

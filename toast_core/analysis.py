@@ -215,15 +215,14 @@ def _stack_geometry(geos: Sequence[dict]) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.stack([g[k] for g in geos])) for k in geos[0]}
 
 
-def batch_map_metrics(maps: torch.Tensor, geo: Mapping[str, torch.Tensor], threshold: float = 0.5,
-                      chunk: int = 256) -> dict[str, np.ndarray]:
+def batch_map_metrics(maps: torch.Tensor, geo: Mapping[str, torch.Tensor], threshold: float = 0.5
+                      ) -> dict[str, np.ndarray]:
     """Localisation metrics of many maps at once.
 
     Args:
         maps: (n, h, w) non-negative maps.
         geo: stacked :func:`image_geometry` of the image each map belongs to: (n, h, w) / (n,) tensors.
         threshold: IoU threshold on the min-max normalised map (as ``iou_at_threshold``).
-        chunk: maps per pairwise AUC block (memory: chunk · (h·w)² booleans).
     Returns:
         dict of (n,) float arrays: ``energy_target``, ``energy_distractors``, ``energy_background``,
         ``pointing_hit``, ``iou``, ``auc``, ``entropy``, ``part_hit`` (NaN where undefined).
@@ -257,11 +256,15 @@ def batch_map_metrics(maps: torch.Tensor, geo: Mapping[str, torch.Tensor], thres
     iou = torch.where(has_t, inter / union.clamp_min(1), nan)
     neg = G["size"] - G["pos"]
     n_neg = G["n_pix"] - G["n_pos"]
-    auc = torch.empty(n, dtype=torch.float64)
-    for s in range(0, n, chunk):  # Mann-Whitney over patches, ties count one half
-        f = flat[s:s + chunk]
-        cmp = (f[:, :, None] > f[:, None, :]).to(torch.float64) + 0.5 * (f[:, :, None] == f[:, None, :]).to(torch.float64)
-        auc[s:s + chunk] = torch.einsum("ni,nij,nj->n", G["pos"][s:s + chunk], cmp, neg[s:s + chunk])
+    # Mann-Whitney over patches weighted by pixel counts, ties count one half: for each patch, the
+    # background pixels scoring below it plus half of those scoring the same (sorted cumulative sums).
+    order = flat.argsort(dim=1)
+    srt = flat.gather(1, order)
+    cum = torch.cat([torch.zeros(n, 1, dtype=torch.float64), neg.gather(1, order).cumsum(1)], dim=1)
+    left = torch.searchsorted(srt, flat, right=False)
+    right = torch.searchsorted(srt, flat, right=True)
+    below, tied = cum.gather(1, left), cum.gather(1, right) - cum.gather(1, left)
+    auc = (G["pos"] * (below + 0.5 * tied)).sum(1)
     valid = (G["n_pos"] > 0) & (n_neg > 0)
     auc = torch.where(valid, auc / (G["n_pos"] * n_neg).clamp_min(1), nan)
     p = flat / safe[:, None]
