@@ -155,12 +155,17 @@ def test_row_values_in_range(rows):
         for k in ("energy_target", "energy_distractors", "energy_background", "iou", "auc", "entropy"):
             assert 0 <= r[k] <= 1 + 1e-9, (k, r)
         assert r["energy_target"] + r["energy_distractors"] + r["energy_background"] == pytest.approx(1)
+        assert 0 < r["target_area"] < 0.2 and 0 < r["distractor_area"] < 0.5
         assert r["pointing_hit"] in (0.0, 1.0)
         if r["kind"] == "cls":
             assert 0 < r["prefix_share"] < 1 and r["prompt_share"] == 0
         else:
             assert math.isnan(r["prefix_share"])
         assert math.isnan(r["part_hit"])  # the default task has no parts
+        if r["method"] == "toast":
+            assert r["td_ratio"] > 0 and (0 <= r["gate_energy_target"] <= 1 or math.isnan(r["gate_energy_target"]))
+        else:
+            assert math.isnan(r["td_ratio"]) and math.isnan(r["gate_energy_target"])
         faith = r["kind"] == "cls" and r["layer"] == 2 and r["pass"] in ("main", "top-down")
         for k in ("deletion_auc", "insertion_auc"):
             assert (0 <= r[k] <= 1) if faith else math.isnan(r[k]), (k, r)
@@ -181,6 +186,7 @@ def test_forward_kwargs_and_models_restored(dataset):
                           faithfulness_steps=2, faithfulness_max_images=2, as_frame=False)
     assert model.training  # mode restored
     assert sorted(r["image_id"] for r in out if np.isfinite(r["deletion_auc"])) == [0, 1]  # first 2 images only
+    assert all(r["td_ratio"] == 0 for r in out)  # no steering at td_scale 0
     by = {(r["image_id"], r["pass"]): r["energy_target"] for r in out}
     for (img, p), v in by.items():  # td_scale 0: the second pass repeats the first
         assert v == pytest.approx(by[(img, "bottom-up")], abs=1e-6)
@@ -232,7 +238,7 @@ def test_csv_round_trip_and_report(rows, tmp_path):
     assert back[5]["layer"] == rows[5]["layer"] and back[5]["pass"] == rows[5]["pass"]
     assert math.isnan(back[0]["part_hit"])
     md = (tmp_path / "summary.md").read_text()
-    assert "| toast |" in md and "| toast (bottom-up) |" in md and "[" in md
+    assert "| toast |" in md and "| toast (bottom-up) |" in md and "[" in md and "Chance level" in md
     for kind in ("cls", "rollout"):
         for stem in (f"layers_{kind}", f"accuracy_vs_energy_{kind}"):
             png, pdf = tmp_path / f"{stem}.png", tmp_path / f"{stem}.pdf"

@@ -66,3 +66,47 @@ def test_prepare_demo_quick_end_to_end_then_cached(capsys):
     assert all(r["cached"] for r in again["methods"].values()) and again["pretune"]["cached"]
     assert {m: (out / m / "model.safetensors").stat().st_mtime_ns for m in METHODS} == mtimes
     assert set(demo_checkpoint_paths(quick=True)) == set(METHODS)
+
+
+def test_shipped_checkpoints_are_installed_when_they_fit_and_trained_when_not(tmp_path, monkeypatch):
+    """A plan with ``shipped`` methods installs the repository's float16 checkpoints (no pre-tuning,
+    no training) when they were trained on this backbone and task, and trains a method itself when its
+    shipped checkpoint was trained on another task."""
+    import dataclasses
+
+    from toast_core import shipped
+    from toast_core.demo import prepare_demo
+
+    base = prepare_demo(quick=True, device="cpu")  # cached by the test above (or built here)
+    ship_dir = tmp_path / "ship"
+    for m in ("lora", "toast"):
+        shipped.export_for_shipping(demo_dir(quick=True) / m, ship_dir / m)
+    # vpt-deep: a checkpoint of another task version must not be used
+    shipped.export_for_shipping(demo_dir(quick=True) / "vpt-deep", ship_dir / "vpt-deep")
+    tensors, cfg = shipped._read(ship_dir / "vpt-deep")
+    cfg["data"]["manifest_sha256"] = "0" * 64
+    shipped._write(tensors, cfg, ship_dir / "vpt-deep")
+    monkeypatch.setenv("TOAST_SHIPPED_DIR", str(ship_dir))
+
+    lora_info = read_checkpoint_info(ship_dir / "lora")
+    assert lora_info["data"]["dataset"] is None and lora_info["shipped_dtype"] == "float16"
+    plan = dataclasses.replace(plan_for("cpu", quick=True), shipped=("lora", "toast", "vpt-deep"))
+    out = tmp_path / "demo"
+    res = prepare_demo(out_dir=out, device="cpu", plan=plan, methods=["lora", "toast", "vpt-deep"])
+    assert res["methods"]["lora"]["source"] == "shipped" and res["methods"]["toast"]["source"] == "shipped"
+    assert res["methods"]["vpt-deep"]["source"] == "trained"
+    assert "pretune" not in res  # both TOAST-family checkpoints came shipped: no stage 1 here
+    for m in ("lora", "toast"):
+        assert res["methods"][m]["test_acc"] == base["methods"][m]["test_acc"]
+        info = read_checkpoint_info(out / m)
+        assert info["data"]["dataset"] == res["task_dir"] and info["installed_from"] == f"assets/checkpoints/{m}"
+    # the installed float16 checkpoint loads and agrees with the float32 original on the test split
+    x, y = load_task_split(res["task_dir"], "test", plan.image_size)
+    dc = read_checkpoint_info(out / "toast")["data"]
+    data = TensorImageDataset(x, y, dc["mean"], dc["std"])
+    a = evaluate(load_checkpoint(out / "toast"), data, batch_size=12)["accuracy"]
+    b = evaluate(load_checkpoint(demo_dir(quick=True) / "toast"), data, batch_size=12)["accuracy"]
+    assert abs(a - b) <= 1 / len(y) + 1e-9
+    # a second run keeps them
+    again = prepare_demo(out_dir=out, device="cpu", plan=plan, methods=["lora", "toast", "vpt-deep"])
+    assert all(r["cached"] for r in again["methods"].values())

@@ -21,6 +21,13 @@ default ``index``, else the position). :class:`~toast_core.data.MaskedImageDatas
 
 Row columns (one row per image × method × pass × layer × map kind) are listed in :data:`COLUMNS`;
 layers are 0-based block indices; ``pass`` is ``main`` or TOAST's ``bottom-up`` / ``top-down``.
+``prob`` is the probability of the predicted class, ``prob_label`` that of the true label;
+``target_area`` / ``distractor_area`` are the shares of the image the objects cover (what a uniform map's
+energies would be: the chance level).
+TOAST models add ``gate_energy_target`` / ``gate_energy_distractors`` (the share of the token-selection
+map s = clamp(cos(x_i, ξ), 0, 1) on the target / distractors; per image) and ``td_ratio`` (the mean
+norm of the top-down signal fed to block l, times ``td_scale``, over the mean norm of the bottom-up
+patch tokens leaving block l); NaN for other methods.
 """
 from __future__ import annotations
 
@@ -48,10 +55,11 @@ ANALYSIS_KINDS = ("cls", "rollout", "token_norm")
 #: metric columns (floats; NaN where undefined) summarised with bootstrap CIs
 METRICS = ("correct", "prob", "energy_target", "energy_distractors", "energy_background", "pointing_hit",
            "iou", "auc", "entropy", "prefix_share", "prompt_share", "part_hit", "deletion_auc",
-           "insertion_auc")
+           "insertion_auc", "gate_energy_target", "gate_energy_distractors", "td_ratio")
 COLUMNS = ("image_id", "method", "layer", "kind", "pass", "label", "pred", "correct", "prob", "prob_label",
            "energy_target", "energy_distractors", "energy_background", "pointing_hit", "iou", "auc",
-           "entropy", "prefix_share", "prompt_share", "part_hit", "deletion_auc", "insertion_auc")
+           "entropy", "prefix_share", "prompt_share", "part_hit", "deletion_auc", "insertion_auc",
+           "gate_energy_target", "gate_energy_distractors", "td_ratio", "target_area", "distractor_area")
 GROUP_KEYS = ("method", "pass", "kind", "layer")
 Progress = Callable[[int, int], None]
 NAN = math.nan
@@ -555,6 +563,17 @@ def _batch_rows(name, model, res, images, G, chosen, kinds, ids, labels, probs, 
                               batch_size, fkw)
         faith += [(NAN, NAN)] * (B - n_faith)
     geo = {k: v.unsqueeze(0).expand(nl, *v.shape).reshape(nl * B, *v.shape[1:]) for k, v in G.items()}
+    area_t = G["cov_t"].flatten(1).mean(1).tolist()
+    area_d = torch.where(G["has_d"] > 0, G["cov_d"].flatten(1).mean(1), torch.full((B,), NAN, dtype=torch.float64)).tolist()
+    gate_t = gate_d = np.full(B, NAN)
+    td_ratio = np.full((nl, B), NAN)
+    if res.gate is not None:  # TOAST: where the token selection looks, and how large the steering is
+        gm = batch_map_metrics(res.gate.float().cpu(), G)
+        gate_t, gate_d = gm["energy_target"], gm["energy_distractors"]
+    if res.td_norm is not None:
+        tok = res.token_norm[res.passes[0]][chosen].float().mean(dim=(-1, -2))  # (nl, B) bottom-up tokens
+        scale = float(fkw.get("td_scale", 1.0))
+        td_ratio = (abs(scale) * res.td_norm[chosen].float() / tok.clamp_min(1e-12)).cpu().numpy()
     rows = []
     for pass_name in res.passes:
         pm = res.prefix_mass[pass_name][chosen].cpu().numpy()  # (nl, B)
@@ -575,6 +594,8 @@ def _batch_rows(name, model, res, images, G, chosen, kinds, ids, labels, probs, 
                         "prefix_share": float(pm[li, b]) if kind == "cls" else NAN,
                         "prompt_share": float(qm[li, b]) if kind == "cls" else NAN,
                         "deletion_auc": float(f[0]), "insertion_auc": float(f[1]),
+                        "gate_energy_target": float(gate_t[b]), "gate_energy_distractors": float(gate_d[b]),
+                        "td_ratio": float(td_ratio[li, b]), "target_area": area_t[b], "distractor_area": area_d[b],
                     }
                     rows.append({c: row[c] for c in COLUMNS})
     return rows
@@ -705,7 +726,8 @@ def headline_table(rows, kind: str = "cls", n_boot: int = 1000, ci: float = 0.95
 
     Columns (each a (mean, lo, hi) triple): ``accuracy``; ``energy_target`` and
     ``energy_distractors`` at the last analysed layer and averaged over the analysed layers;
-    ``pointing_hit``, ``iou``, ``auc`` at the last layer; ``deletion_auc``, ``insertion_auc``.
+    ``pointing_hit``, ``iou``, ``auc``, ``part_hit`` at the last layer; ``deletion_auc``,
+    ``insertion_auc``; for TOAST ``gate_energy_target`` and ``td_ratio_layers`` (layer mean).
     Returns: list of dicts with ``method``, ``pass``, ``n`` and those triples.
     """
     recs = [r for r in _records(rows) if r["kind"] == kind]
@@ -733,8 +755,10 @@ def headline_table(rows, kind: str = "cls", n_boot: int = 1000, ci: float = 0.95
                 rec[f"{m}_last"] = bootstrap_ci([r[m] for r in at_last], n_boot, ci, seed)
                 rec[f"{m}_layers"] = bootstrap_ci([np.nanmean([r[m] for r in v]) if any(np.isfinite(r[m]) for r in v) else NAN
                                                    for v in per_img.values()], n_boot, ci, seed)
-            for m in ("pointing_hit", "iou", "auc", "part_hit", "deletion_auc", "insertion_auc"):
+            for m in ("pointing_hit", "iou", "auc", "part_hit", "deletion_auc", "insertion_auc", "gate_energy_target"):
                 rec[m] = bootstrap_ci([r[m] for r in at_last], n_boot, ci, seed)
+            rec["td_ratio_layers"] = bootstrap_ci([np.nanmean([r["td_ratio"] for r in v]) if any(np.isfinite(r["td_ratio"]) for r in v)
+                                                   else NAN for v in per_img.values()], n_boot, ci, seed)
             out.append(rec)
     return out
 
@@ -745,7 +769,8 @@ _HEADLINE_COLS = [("accuracy", "accuracy"), ("energy_target_last", "E target (la
                   ("energy_distractors_layers", "E distractors (layer mean)"),
                   ("pointing_hit", "pointing (last)"), ("iou", "IoU (last)"), ("auc", "AUC (last)"),
                   ("part_hit", "part hit (last)"), ("deletion_auc", "deletion AUC ↓"),
-                  ("insertion_auc", "insertion AUC ↑")]
+                  ("insertion_auc", "insertion AUC ↑"), ("gate_energy_target", "TOAST gate E target"),
+                  ("td_ratio_layers", "TOAST |td|/|x| (layer mean)")]
 
 
 def _fmt(t: tuple) -> str:
@@ -763,6 +788,12 @@ def summary_markdown(rows, kinds: Optional[Sequence[str]] = None, title: str = "
     n_images = len({r["image_id"] for r in recs})
     lines = [f"# {title}", "", f"{n_images} images; mean [95% bootstrap CI] over images. Energies are shares "
              "of the map's mass; layers are 0-based; accuracy is the model's, whatever the map.", ""]
+    per_image = {r["image_id"]: r for r in recs}.values()
+    at, ad = (np.nanmean([r.get(k, NAN) for r in per_image]) if any(np.isfinite(r.get(k, NAN)) for r in per_image)
+              else NAN for k in ("target_area", "distractor_area"))
+    if np.isfinite(at):
+        lines += [f"Chance level (a uniform map): energy on the target = its area share, {at:.3f} on average"
+                  + (f"; on the distractors {ad:.3f}." if np.isfinite(ad) else "."), ""]
     for kind in kinds:
         table = headline_table(recs, kind, n_boot=n_boot)
         cols = [(k, lab) for k, lab in _HEADLINE_COLS if any(np.isfinite(t[k][0]) for t in table)]

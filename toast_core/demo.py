@@ -69,6 +69,8 @@ class DemoPlan:
         batch_size: images per step.
         pretune_images, pretune_epochs, pretune_lr: TOAST stage 1 on generic photo crops.
         recipes: one per method, in the order trained.
+        shipped: methods taken from the repository's shipped checkpoints when those fit this machine's
+            backbone and task (else trained with their recipe).
     """
 
     name: str
@@ -81,6 +83,7 @@ class DemoPlan:
     pretune_lr: float
     recipes: tuple
     seed: int = 0
+    shipped: tuple = ()  # methods installed from assets/checkpoints when they fit (see toast_core.shipped)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -103,24 +106,41 @@ def _recipes(epochs: int, head_epochs: int) -> tuple:
     )
 
 
-def plan_for(device: str | torch.device = "cpu", quick: bool = False) -> DemoPlan:
-    """The demo plan for a device: ``quick`` (tests, ~a minute on CPU), ``gpu`` or ``cpu``.
+PLAN_NAMES = ("cpu", "gpu", "quick", "ship")
+SHIPPED_METHODS = ("linear", "lora", "vpt-shallow", "vpt-deep", "toast", "toast-lite")
 
-    Budgets: the CPU plan is sized for 15 minutes on 2 cores (112 px input = 8x8 patches; 800 training
-    images, 2 epochs), the GPU plan for 2 minutes on one GPU (224 px = 16x16 patches, 1000 images,
-    7 epochs). See docs/RESULTS_TRAINING.md for the measurements behind these choices.
+
+def plan_for(device: str | torch.device = "cpu", quick: bool = False, name: Optional[str] = None) -> DemoPlan:
+    """The demo plan for a device: ``quick`` (tests, ~a minute on CPU), ``gpu`` or ``cpu``; or by ``name``.
+
+    Budgets: the CPU plan is sized for 15 minutes on 2 cores: it trains full fine-tuning (112 px input =
+    8x8 patches, 1000 images, 3 epochs) and installs the six parameter-efficient checkpoints shipped in
+    ``assets/checkpoints`` (trained by the ``ship`` plan: same input and data, 4 epochs; a few MB in all,
+    where full fine-tuning's 86 MB cannot ship). The GPU plan trains all seven in 2 minutes on one GPU
+    (224 px = 16x16 patches, 1000 images, 7 epochs). See docs/RESULTS_TRAINING.md.
     """
     from .data.demo_task import DemoTaskConfig
 
+    if name is not None and name not in PLAN_NAMES:
+        raise ToastError(f"unknown demo plan {name!r}; choose one of {', '.join(PLAN_NAMES)}")
     dev = torch.device(device)
-    if quick:
+    if name is None:
+        name = "quick" if quick else "gpu" if dev.type == "cuda" else "cpu"
+    if name == "quick":
         return DemoPlan("quick", image_size=56, task=DemoTaskConfig.quick(), n_train=24, batch_size=12,
                         pretune_images=42, pretune_epochs=1, pretune_lr=1e-3, recipes=_recipes(1, 2))
-    if dev.type == "cuda":
+    if name == "gpu":
         return DemoPlan("gpu", image_size=224, task=DemoTaskConfig(), n_train=1000, batch_size=32,
                         pretune_images=1050, pretune_epochs=2, pretune_lr=1e-3, recipes=_recipes(7, 60))
-    return DemoPlan("cpu", image_size=112, task=DemoTaskConfig(), n_train=800, batch_size=32,
-                    pretune_images=630, pretune_epochs=1, pretune_lr=1e-3, recipes=_recipes(2, 60))
+    if name == "ship":
+        return DemoPlan("ship", image_size=112, task=DemoTaskConfig(), n_train=1000, batch_size=32,
+                        pretune_images=630, pretune_epochs=2, pretune_lr=1e-3,
+                        recipes=tuple(r for r in _recipes(4, 60) if r.method in SHIPPED_METHODS))
+    ft = dataclasses.replace(_recipes(3, 60)[1], lr=1e-4)
+    return DemoPlan("cpu", image_size=112, task=DemoTaskConfig(), n_train=1000, batch_size=32,
+                    pretune_images=630, pretune_epochs=2, pretune_lr=1e-3,
+                    recipes=tuple(r for r in _recipes(4, 60) if r.method in SHIPPED_METHODS) + (ft,),
+                    shipped=SHIPPED_METHODS)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -303,9 +323,14 @@ def prepare_demo(out_dir: Optional[str | os.PathLike] = None, quick: bool = Fals
     if unknown:
         raise ToastError(f"unknown method(s) {unknown}; available: {', '.join(available_methods())}")
     recipes = [r for r in plan.recipes if r.method in wanted]
-    need_pretune = any(r.pretuned for r in recipes)
+    from . import shipped as ship
+
+    offered = {r.method: ship.shipped_checkpoint(r.method) for r in recipes if r.method in plan.shipped}
+    offered = {m: p for m, p in offered.items() if p is not None}
+    need_pretune = any(r.pretuned and r.method not in offered for r in recipes)
     weights = {"backbone": 1.0, "task": 4.0, **({"pretune": 6.0} if need_pretune else {}),
-               **{r.method: (1.0 if r.method == "linear" else 5.0 if "toast" in r.method else 4.0) for r in recipes}}
+               **{r.method: (0.2 if r.method in offered else 1.0 if r.method == "linear"
+                             else 5.0 if "toast" in r.method else 4.0) for r in recipes}}
     stages = _Stages(weights, progress, echo)
     timings: dict[str, float] = {}
     cpu_timings: dict[str, float] = {}
@@ -350,6 +375,14 @@ def prepare_demo(out_dir: Optional[str | os.PathLike] = None, quick: bool = Fals
 
     device_name = str(dev)
     results: dict[str, Any] = {"plan": plan.name, "image_size": size, "device": device_name, "methods": {}}
+    shipped_ok: dict[str, Path] = {}
+    for m, src in offered.items():
+        why = ship.mismatch(read_checkpoint_info(src), backbone_sha, manifest_sha, size)
+        if why is None:
+            shipped_ok[m] = src
+        else:
+            stages.say(f"{m}: the shipped checkpoint does not fit ({why}); training it here instead")
+    need_pretune = any(r.pretuned and r.method not in shipped_ok for r in recipes)
     pretune_ckpt = out / "pretune"
     if need_pretune:
         stages.start("pretune", "TOAST stage 1: pre-tuning the top-down module on generic photo crops")
@@ -382,8 +415,15 @@ def prepare_demo(out_dir: Optional[str | os.PathLike] = None, quick: bool = Fals
         m_hash = _hash({**base_hash, "recipe": recipe, "batch_size": plan.batch_size, "seed": plan.seed,
                         "pretune": read_checkpoint_info(pretune_ckpt).get("run_hash") if r.pretuned else None})
         t, c = time.perf_counter(), time.process_time()
+        source = "trained"
+        if r.method in shipped_ok:
+            src = shipped_ok[r.method]
+            m_hash = read_checkpoint_info(src).get("demo_hash")
+            source = "shipped"
         cached = not force and is_complete_checkpoint(run_dir) and read_checkpoint_info(run_dir).get("demo_hash") == m_hash
-        if not cached:
+        if not cached and source == "shipped":
+            ship.install(src, run_dir, task_dir, f"assets/checkpoints/{r.method}")
+        elif not cached:
             if force:
                 (run_dir / "last.safetensors").unlink(missing_ok=True)
             torch.manual_seed(plan.seed)
@@ -409,9 +449,9 @@ def prepare_demo(out_dir: Optional[str | os.PathLike] = None, quick: bool = Fals
             "trainable": info["parameters"]["trainable"], "total": info["parameters"]["total"],
             "share": info["parameters"]["share"], "epochs": r.epochs, "lr": r.lr,
             "train_seconds": info.get("train_seconds"), "cached": cached, "checkpoint": info["path"],
-            "file_size": info.get("file_size")}
-        stages.say(f"{r.method}: test accuracy {test.get('accuracy', float('nan')):.3f} "
-                   f"({'cached' if cached else f'{timings[r.method]:.0f} s'})")
+            "file_size": info.get("file_size"), "source": source, "trained_by_plan": info.get("demo_plan")}
+        how = "cached" if cached else "shipped, installed" if source == "shipped" else f"{timings[r.method]:.0f} s"
+        stages.say(f"{r.method}: test accuracy {test.get('accuracy', float('nan')):.3f} ({how})")
 
     results.update(seconds=round(time.perf_counter() - t0, 1), cpu_seconds=round(time.process_time() - cpu0, 1),
                    stage_seconds={k: round(v, 1) for k, v in timings.items()},
@@ -422,6 +462,12 @@ def prepare_demo(out_dir: Optional[str | os.PathLike] = None, quick: bool = Fals
     atomic_write_bytes(out / "results.md", results_markdown(results).encode())
     stages.finish(f"demo ready in {results['seconds']:.0f} s: {out}")
     return results
+
+
+def _origin(r: dict) -> str:
+    if r.get("source") == "shipped":
+        return f" (shipped: trained by plan `{r.get('trained_by_plan')}`)"
+    return " (cached)" if r.get("cached") else ""
 
 
 def results_markdown(results: dict) -> str:
@@ -435,7 +481,7 @@ def results_markdown(results: dict) -> str:
         val = "—" if r.get("val_acc") is None else f"{100 * r['val_acc']:.1f}%"
         secs = r.get("train_seconds")
         lines.append(f"| {m} | {acc} | {val} | {r['trainable']:,} | {100 * r['share']:.3f}% | "
-                     f"{'—' if secs is None else f'{secs:.0f}'}{' (cached)' if r.get('cached') else ''} |")
+                     f"{'—' if secs is None else f'{secs:.0f}'}{_origin(r)} |")
     if results.get("pretune"):
         p = results["pretune"]
         lines += ["", f"TOAST pre-tuning (generic photo crops): val accuracy "

@@ -7,6 +7,9 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny plan for tests (about a minute on a CPU)")
+    parser.add_argument("--plan", default=None, choices=("cpu", "gpu", "quick", "ship"),
+                        help="recipe set (default: gpu on CUDA, else cpu; ship = retrain the checkpoints "
+                             "shipped in assets/checkpoints)")
     parser.add_argument("--out", default=None, help="output directory (default: $TOAST_HOME/demo)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
     parser.add_argument("--force", action="store_true", help="retrain even what is cached and valid")
@@ -24,8 +27,12 @@ def run(args) -> int:
 
     torch.set_num_threads(args.threads or auto_threads())
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    from ..demo import plan_for
+    from ..train import resolve_device
+
+    plan = plan_for(resolve_device(args.device), args.quick, args.plan) if args.plan else None
     results = prepare_demo(out_dir=args.out, quick=args.quick, device=args.device, force=args.force,
-                           methods=methods, echo=True, tqdm_bars=not args.quiet)
+                           methods=methods, echo=True, tqdm_bars=not args.quiet, plan=plan)
     print()
     print(results_markdown(results))
     return 0
