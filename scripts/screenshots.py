@@ -91,6 +91,17 @@ def capture(page, path: Path, width: int, max_height: int) -> int:
     return len(data)
 
 
+def run_analysis(page, n_images: int, timeout: float = 900) -> None:
+    """Set the Analysis page's image count, press Run and wait for its results."""
+    box = page.locator(".st-key-keep-ana-n input")
+    box.fill(str(n_images))
+    box.press("Enter")
+    wait_idle(page, settle=0.5)
+    page.locator(".st-key-ana-run button").click()
+    page.locator(".st-key-analysis-results").wait_for(timeout=timeout * 1000)
+    wait_idle(page, settle=1.0, timeout=timeout)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / "docs" / "screenshots"))
@@ -98,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image", default=None, help="upload this image first (default: the gallery's first image)")
     ap.add_argument("--width", type=int, default=1400)
     ap.add_argument("--max-height", type=int, default=2200)
+    ap.add_argument("--analysis-images", type=int, default=30, help="images the Analysis view runs over")
     ap.add_argument("--views", default=",".join(v[0] for v in VIEWS), help="comma-separated subset of views")
     args = ap.parse_args(argv)
 
@@ -127,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             goto_page(page, title, timeout=600)
             if charts:
                 wait_charts(page, charts, timeout=300)
+            if stem == "analysis":
+                run_analysis(page, args.analysis_images)
             size = capture(page, out / f"{stem}.png", args.width, args.max_height)
             errors = page.locator('[data-testid="stException"]').count()
             print(f"  {stem}: {out / f'{stem}.png'} ({size / 1024:.0f} KB)" + (f"  !! {errors} exception box(es)" if errors else ""))

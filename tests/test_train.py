@@ -299,3 +299,20 @@ def test_train_and_pretune_commands_on_a_folder_dataset(tmp_path):
     assert torch.equal(lite.decoders[0].linear.base.weight, stage1.decoders[0].linear.weight)  # frozen base = stage 1
     assert main(["train", "--method", "lora", "--data", str(root), "--out", str(tmp_path / "x"), "--lr", "nan",
                  *TINY_ARGS]) == 1  # a clear error, not a traceback
+
+
+def test_lr_scales_by_parameter_name_give_their_own_groups():
+    from toast_core.train import TrainConfig, build_optimizer, set_lr
+
+    model = tiny_model("toast")
+    cfg = TrainConfig(lr=1e-3, head_lr_scale=10.0, lr_scales=(("prompt", 100.0), ("decoders.0", 3.0)))
+    opt = build_optimizer(model, cfg)
+    set_lr(opt, cfg.lr)
+    by_id = {id(p): g for g in opt.param_groups for p in g["params"]}
+    assert by_id[id(model.prompt)]["lr"] == pytest.approx(0.1)
+    assert by_id[id(model.prompt)]["weight_decay"] == 0.0  # 1-D: no decay
+    assert by_id[id(model.decoders[0].linear.weight)]["lr"] == pytest.approx(3e-3)
+    assert by_id[id(model.decoders[1].linear.weight)]["lr"] == pytest.approx(1e-3)
+    assert by_id[id(model.vit.head.weight)]["lr"] == pytest.approx(1e-2)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert sorted(map(id, trainable)) == sorted(by_id)  # every trainable parameter once

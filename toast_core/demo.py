@@ -54,6 +54,7 @@ class MethodRecipe:
     head_lr_scale: float = 1.0
     warmup_epochs: float = 0.5
     options: tuple = ()  # method config as (name, value) pairs
+    lr_scales: tuple = ()  # (parameter-name prefix, lr multiplier) pairs, see TrainConfig.lr_scales
     pretuned: bool = False  # initialise the top-down module from the stage-1 checkpoint
 
 
@@ -94,14 +95,17 @@ class DemoPlan:
 def _recipes(epochs: int, head_epochs: int) -> tuple:
     """The per-method recipes (AdamW). Frozen-backbone methods give the fresh head a higher rate than
     the method's own parameters (``head_lr_scale``): with a few hundred steps the head must learn fast,
-    while TOAST's chained feedback matrices and P diverge at the rates a head needs."""
+    while TOAST's chained feedback matrices and P diverge at the rates a head needs. TOAST's ξ (``prompt``)
+    gets 100x: at the matrices' rate it turned by ~1 % in a CPU plan and TOAST stayed at the linear
+    probe's accuracy (docs/RESULTS_TRAINING.md)."""
     return (
         MethodRecipe("linear", lr=3e-3, epochs=head_epochs, warmup_epochs=1.0),
         MethodRecipe("finetune", lr=5e-5, epochs=epochs, weight_decay=0.05, head_lr_scale=20.0),
         MethodRecipe("lora", lr=5e-3, epochs=epochs),
         MethodRecipe("vpt-shallow", lr=3e-3, epochs=epochs, head_lr_scale=3.0),
         MethodRecipe("vpt-deep", lr=5e-3, epochs=epochs),
-        MethodRecipe("toast", lr=1e-4, epochs=epochs, head_lr_scale=100.0, pretuned=True),
+        MethodRecipe("toast", lr=1e-4, epochs=epochs, head_lr_scale=100.0, pretuned=True,
+                     lr_scales=(("prompt", 100.0),)),
         MethodRecipe("toast-lite", lr=1e-3, epochs=epochs, head_lr_scale=10.0, pretuned=True),
     )
 
@@ -370,7 +374,7 @@ def prepare_demo(out_dir: Optional[str | os.PathLike] = None, quick: bool = Fals
     data_meta = {"dataset": str(task_dir), "task_config": plan.task.to_dict(), "manifest_sha256": manifest_sha,
                  "image_size": size, "mean": list(mean), "std": list(std), "n_train": len(train_set),
                  "n_val": len(val_set), "n_test": len(test_set), "resize": "whole image, bicubic"}
-    base_hash = {"demo_version": DEMO_VERSION, "plan": {k: v for k, v in plan.to_dict().items() if k != "recipes"},
+    base_hash = {"demo_version": DEMO_VERSION, "plan": {k: v for k, v in plan.to_dict().items() if k not in ("recipes", "shipped")},
                  "backbone_sha256": backbone_sha, "manifest_sha256": manifest_sha, "toast_core": __version__}
 
     device_name = str(dev)
@@ -411,15 +415,16 @@ def prepare_demo(out_dir: Optional[str | os.PathLike] = None, quick: bool = Fals
     for r in recipes:
         stages.start(r.method, f"training {r.method}")
         run_dir = out / r.method
-        recipe = dataclasses.asdict(r)
-        m_hash = _hash({**base_hash, "recipe": recipe, "batch_size": plan.batch_size, "seed": plan.seed,
-                        "pretune": read_checkpoint_info(pretune_ckpt).get("run_hash") if r.pretuned else None})
+        recipe = {k: v for k, v in dataclasses.asdict(r).items() if k != "lr_scales" or v}  # stable hashes
         t, c = time.perf_counter(), time.process_time()
         source = "trained"
         if r.method in shipped_ok:
             src = shipped_ok[r.method]
             m_hash = read_checkpoint_info(src).get("demo_hash")
             source = "shipped"
+        else:
+            m_hash = _hash({**base_hash, "recipe": recipe, "batch_size": plan.batch_size, "seed": plan.seed,
+                            "pretune": read_checkpoint_info(pretune_ckpt).get("run_hash") if r.pretuned else None})
         cached = not force and is_complete_checkpoint(run_dir) and read_checkpoint_info(run_dir).get("demo_hash") == m_hash
         if not cached and source == "shipped":
             ship.install(src, run_dir, task_dir, f"assets/checkpoints/{r.method}")
@@ -434,7 +439,8 @@ def prepare_demo(out_dir: Optional[str | os.PathLike] = None, quick: bool = Fals
                 meta["pretuned_from"] = init_from_pretuned(model, pretune_ckpt)
             cfg = TrainConfig(epochs=r.epochs, batch_size=plan.batch_size, lr=r.lr, optimizer=r.optimizer,
                               weight_decay=r.weight_decay,
-                              head_lr_scale=r.head_lr_scale, warmup_epochs=r.warmup_epochs, device=str(dev),
+                              head_lr_scale=r.head_lr_scale, lr_scales=tuple(r.lr_scales),
+                              warmup_epochs=r.warmup_epochs, device=str(dev),
                               seed=plan.seed)
             train(model, train_set, val_set, cfg, run_dir, test_data=test_set, meta=meta,
                   callbacks=[*callbacks, stages.step_callback(r.method)], resume="auto", progress=tqdm_bars)

@@ -67,6 +67,10 @@ class TrainConfig:
         weight_decay: applied to matrices; biases, norms and 1-D parameters (ξ) get none.
         head_lr_scale: the classifier head's learning rate = ``lr * head_lr_scale`` (useful for full
             fine-tuning, where the backbone wants a much lower rate than a fresh head).
+        lr_scales: ``((name_prefix, scale), ...)``: parameters whose name starts with a prefix (first
+            match) train at ``lr * scale``, e.g. ``(("prompt", 100.0),)`` for TOAST's ξ, a unit-free
+            direction that barely turns at the rate of the feedback matrices. The head keeps
+            ``head_lr_scale``.
         warmup_epochs: linear warm-up length (fractions allowed), then cosine decay to ``min_lr_ratio * lr``.
         label_smoothing: of the cross-entropy.
         grad_clip: max global gradient norm (0 = off).
@@ -88,6 +92,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     momentum: float = 0.9
     head_lr_scale: float = 1.0
+    lr_scales: tuple = ()
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.0
     label_smoothing: float = 0.0
@@ -346,15 +351,18 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         if not p.requires_grad:
             continue
         decay = p.ndim >= 2
-        is_head = id(p) in head_ids
-        groups.setdefault((decay, is_head), []).append(p)
+        if id(p) in head_ids:
+            kind, scale = "head", cfg.head_lr_scale
+        else:
+            prefix = next((pre for pre, _ in cfg.lr_scales if name.startswith(pre)), None)
+            kind, scale = (prefix, dict(cfg.lr_scales)[prefix]) if prefix else ("body", 1.0)
+        groups.setdefault((decay, kind, float(scale)), []).append(p)
     if not groups:
         raise TrainingError("the model has no trainable parameters (nothing requires grad)")
     param_groups = []
-    for (decay, is_head), params in sorted(groups.items()):
+    for (decay, kind, scale), params in sorted(groups.items()):
         param_groups.append({"params": params, "weight_decay": cfg.weight_decay if decay else 0.0,
-                             "lr_scale": cfg.head_lr_scale if is_head else 1.0,
-                             "group_name": ("head" if is_head else "body") + ("" if decay else "_no_decay")})
+                             "lr_scale": scale, "group_name": kind + ("" if decay else "_no_decay")})
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum)
     return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=(0.9, 0.999))
