@@ -32,3 +32,37 @@ def session_home(tmp_path_factory):
 def _test_cache(session_home, monkeypatch):
     """Tests never touch the user's cache; a test that needs isolation sets TOAST_HOME itself."""
     monkeypatch.setenv("TOAST_HOME", str(session_home))
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared fixtures (modules opt in with ``pytestmark = pytest.mark.usefixtures(...)``)
+# ------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine a second thread
+    that waits for a busy core makes every small op slow."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def restore_torch_threads():
+    """The app sets torch's thread count for its process (TOAST_APP_THREADS); give it back afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def app_tiny_models(monkeypatch):
+    """The app in tests: random tiny models of every method, on CPU, paths policy by default."""
+    monkeypatch.setenv("TOAST_APP_MODELS", "tiny")
+    monkeypatch.setenv("TOAST_DEVICE", "cpu")
+    monkeypatch.delenv("TOAST_APP_ALLOW_PATHS", raising=False)

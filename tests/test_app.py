@@ -20,21 +20,7 @@ APP = str(Path(__file__).resolve().parent.parent / "app" / "main.py")
 METHODS = tc.available_methods()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _restore_torch_threads():
-    """The app sets torch's thread count for its process (TOAST_APP_THREADS); give it back afterwards."""
-    import torch
-
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def _tiny_models(monkeypatch):
-    monkeypatch.setenv("TOAST_APP_MODELS", "tiny")
-    monkeypatch.delenv("TOAST_APP_ALLOW_PATHS", raising=False)
-    monkeypatch.setenv("TOAST_DEVICE", "cpu")
+pytestmark = pytest.mark.usefixtures("restore_torch_threads", "app_tiny_models")
 
 
 def _app(page: str | None = None):

@@ -21,21 +21,7 @@ APP = str(Path(__file__).resolve().parent.parent / "app" / "main.py")
 PAGE = "views/analysis.py"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _restore_torch_threads():
-    """The app sets torch's thread count for its process (TOAST_APP_THREADS); give it back afterwards."""
-    import torch
-
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def _tiny_models(monkeypatch):
-    monkeypatch.setenv("TOAST_APP_MODELS", "tiny")
-    monkeypatch.setenv("TOAST_DEVICE", "cpu")
-    monkeypatch.delenv("TOAST_APP_ALLOW_PATHS", raising=False)
+pytestmark = pytest.mark.usefixtures("restore_torch_threads", "app_tiny_models")
 
 
 @pytest.fixture(scope="module")
