@@ -140,6 +140,21 @@ def test_heatmap_figure_hover_holds_patch_and_value():
     fig = heatmap_figure(IMAGE, MAP, 0.0, 1.0, cmap="inferno", alpha=0.6, title="CLS attention")
     image_trace, heat = fig.data
     assert image_trace.type == "image" and heat.type == "heatmap"
+    assert image_trace.source.startswith("data:image/jpeg;base64,") and image_trace.z is None
+    import base64
+    import io
+
+    from PIL import Image
+
+    from toast_core.render import image_data_uri
+
+    def decode(uri):
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+
+    assert decode(image_trace.source).shape == IMAGE.shape  # same pixel grid as the heat map's
+    smooth = np.stack([*np.meshgrid(np.linspace(0, 255, 48), np.linspace(0, 255, 32)), np.full((32, 48), 90.0)],
+                      axis=-1).astype(np.uint8)
+    assert np.abs(decode(image_data_uri(smooth)).astype(int) - smooth.astype(int)).mean() < 3
     np.testing.assert_array_equal(np.asarray(heat.z), MAP)
     custom = np.asarray(heat.customdata)
     assert custom.shape == (2, 3, 2)
