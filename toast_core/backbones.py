@@ -29,6 +29,18 @@ DEFAULT_IMG_SIZE = 224
 Pretrained = Union[bool, str, os.PathLike]
 
 
+def describe_state_diff(missing: list[str], unexpected: list[str], wrong: list[str]) -> str:
+    """One line saying how a state dict differs from what a model expects (a few examples of each)."""
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:4])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:4])})")
+    if wrong:
+        parts.append(f"{len(wrong)} with other shapes (e.g. {'; '.join(wrong[:3])})")
+    return ", ".join(parts)
+
+
 def create_backbone(name: str = DEFAULT_BACKBONE, *, pretrained: Pretrained = False, num_classes: int = 0,
                     img_size: Optional[int | tuple[int, int]] = None, **timm_kwargs) -> VisionTransformer:
     """Build a timm ViT whose attention layers are :class:`SteerableAttention`.
@@ -100,14 +112,7 @@ def load_backbone_weights(model: VisionTransformer, source: Union[str, os.PathLi
     wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(target[k].shape)}"
              for k in state if k in target and state[k].shape != target[k].shape]
     if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:4])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:4])})")
-        if wrong:
-            parts.append(f"{len(wrong)} with other shapes (e.g. {'; '.join(wrong[:3])})")
-        raise CheckpointError("checkpoint does not fit the backbone: " + ", ".join(parts) +
+        raise CheckpointError("checkpoint does not fit the backbone: " + describe_state_diff(missing, unexpected, wrong) +
                               ". Is it for another architecture?")
     model.load_state_dict(state, strict=False)
     return {"skipped": skipped}

@@ -319,6 +319,13 @@ def save_checkpoint(model, path: str | os.PathLike, meta: Optional[dict] = None)
     cfg = build_config(model, meta, full)
     tensors = checkpoint_state(model, full)
     cfg["saved_tensors"] = {"count": len(tensors), "numel": int(sum(t.numel() for t in tensors.values()))}
+    return write_checkpoint_files(tensors, cfg, path)
+
+
+def write_checkpoint_files(tensors: Mapping[str, torch.Tensor], cfg: dict, path: str | os.PathLike) -> Path:
+    """Write ``tensors`` with ``cfg`` in the header and beside them as ``config.json``, atomically.
+    Returns the weights file."""
+    weights, config_json = checkpoint_paths(path)
     text = json.dumps(cfg, indent=1, sort_keys=True)
     atomic_save_safetensors(tensors, weights, metadata={META_KEY: text})
     atomic_write_bytes(config_json, (text + "\n").encode())
@@ -413,17 +420,6 @@ def _pretrained_arg(cfg: dict):
                           f"source ({source!r}); it cannot be rebuilt")
 
 
-def _describe_diff(missing: list[str], unexpected: list[str], wrong: list[str]) -> str:
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:4])})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:4])})")
-    if wrong:
-        parts.append(f"{len(wrong)} with other shapes (e.g. {'; '.join(wrong[:3])})")
-    return ", ".join(parts)
-
-
 def load_tensors_strict(model, tensors: Mapping[str, torch.Tensor], full: bool, source: str = "checkpoint") -> None:
     """Load ``tensors`` into ``model``: the keys must be exactly those a checkpoint of it holds, with
     the same shapes, else :class:`CheckpointError` says what differs."""
@@ -436,7 +432,9 @@ def load_tensors_strict(model, tensors: Mapping[str, torch.Tensor], full: bool, 
         hint = ""
         if any(w.startswith("vit.head.") for w in wrong):
             hint = " The classifier head has another size: the checkpoint is for another number of classes."
-        raise CheckpointError(f"{source} does not fit the model: {_describe_diff(missing, unexpected, wrong)}.{hint}")
+        from .backbones import describe_state_diff
+
+        raise CheckpointError(f"{source} does not fit the model: {describe_state_diff(missing, unexpected, wrong)}.{hint}")
     model.load_state_dict(dict(tensors), strict=False)
 
 
@@ -642,7 +640,9 @@ def restore_training_state(path: str | os.PathLike, model, optimizer: torch.opti
     wrong = [f"{k}: file {tuple(saved[k].shape)} vs model {tuple(params[k].shape)}"
              for k in sorted(set(saved) & set(params)) if saved[k].shape != params[k].shape]
     if missing or unexpected or wrong:
-        raise CheckpointError(f"training state {path} does not fit the model: {_describe_diff(missing, unexpected, wrong)}")
+        from .backbones import describe_state_diff
+
+        raise CheckpointError(f"training state {path} does not fit the model: {describe_state_diff(missing, unexpected, wrong)}")
     with torch.no_grad():
         for k, p in params.items():
             p.copy_(saved[k].to(p.device, p.dtype))

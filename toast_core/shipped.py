@@ -13,14 +13,11 @@ to the user's.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Optional
 
 import torch
-
-from .cache import atomic_write_bytes
 
 #: where the repository keeps them (present in a clone / editable install; absent from a bare wheel)
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "checkpoints"
@@ -64,13 +61,9 @@ def _read(src: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def _write(tensors: dict[str, torch.Tensor], cfg: dict, dst: Path) -> Path:
-    from .checkpoints import META_KEY, atomic_save_safetensors
+    from .checkpoints import write_checkpoint_files
 
-    text = json.dumps(cfg, indent=1, sort_keys=True)
-    dst.mkdir(parents=True, exist_ok=True)
-    atomic_save_safetensors(tensors, dst / "model.safetensors", metadata={META_KEY: text})
-    atomic_write_bytes(dst / "config.json", (text + "\n").encode())
-    return dst / "model.safetensors"
+    return write_checkpoint_files(tensors, cfg, Path(dst))
 
 
 def install(src: Path, dst: Path, task_dir: str | os.PathLike, source_label: str) -> dict:
