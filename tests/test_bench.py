@@ -54,7 +54,8 @@ def test_quick_run_ratios_are_positive_and_targets_listed(quick):
         assert r["times"]["plain"]["ratio"] == 1.0
         assert len(r["times"]["plain"]["runs_ms"]) == 2
         prof = r["profile"]
-        assert prof["record"]["aten_calls"] > prof["plain"]["aten_calls"] > 0  # recording issues more ops
+        assert prof["record"]["aten_calls"] > prof["record_cls"]["aten_calls"] > prof["plain"]["aten_calls"] > 0
+        assert _positive(r["overhead_cls"])
         assert prof["plain"]["issue_ms"] > 0 and prof["plain"]["top"]
         # the analytic FLOP count equals FlopCounterMode's count plus the SDPA terms it cannot see
         assert r["forward_gflop"] == pytest.approx(r["forward_gflop_counted"], rel=1e-9)
@@ -69,7 +70,7 @@ def test_quick_run_ratios_are_positive_and_targets_listed(quick):
     assert all(_positive(v) for v in a["images_per_s"].values())
     assert set(a["throughput_ratio"]) == {"analysis", "metrics_per_map"}
     names = [t["target"] for t in res["targets"]]
-    assert sum("recording overhead" in n for n in names) == specs
+    assert sum("recording overhead" in n for n in names) == 2 * specs  # CLS maps; + token norms
     assert sum("TOAST inference" in n for n in names) == specs
     assert any("batch analysis" in n for n in names) and any("peak memory" in n for n in names)
     assert all(t["met"] in (True, False) for t in res["targets"])

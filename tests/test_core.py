@@ -131,6 +131,27 @@ def test_recorded_maps_equal_manual_softmax(full):
         assert torch.allclose(res.full["main"].sum(-1), torch.ones(L, 2, 2, 17), atol=1e-5)
 
 
+def test_token_norm_recording_is_optional():
+    model, x = tiny_model("linear"), images()
+    with_norms, without = tc.extract_attention(model, x), tc.extract_attention(model, x, token_norm=False)
+    assert with_norms.token_norm["main"].shape == (L, 2, 4, 4) and without.token_norm == {}
+    torch.testing.assert_close(with_norms.cls, without.cls)
+    torch.testing.assert_close(with_norms.logits, without.logits)
+
+
+def test_recorded_logits_become_weights_per_layer_scale():
+    """Logits recorded with different scales per layer (or as weights) are normalised layer by layer."""
+    from toast_core.recording import _Pass, _weights
+    logits = torch.randn(3, 2, 2, 1, 17)
+    p = _Pass("main", attn=list(logits), scales=[0.5, 0.25, None])
+    w = _weights(p)
+    torch.testing.assert_close(w[0], (logits[0] * 0.5).softmax(-1))
+    torch.testing.assert_close(w[1], (logits[1] * 0.25).softmax(-1))
+    torch.testing.assert_close(w[2], logits[2])  # already weights: kept as they are
+    same = _weights(_Pass("main", attn=list(logits), scales=[0.5] * 3))
+    torch.testing.assert_close(same, (logits * 0.5).softmax(-1))
+
+
 def test_fused_attention_stays_on_and_outputs_match():
     model = tiny_model("linear")
     assert all(b.attn.fused_attn for b in model.vit.blocks)
@@ -193,6 +214,62 @@ def test_toast_official_mode_adds_value_bias_twice():
     assert torch.allclose(res.heads["bottom-up"][0], res.heads["top-down"][0], atol=1e-6)
     model.config.official = False
     assert not torch.allclose(model(x), res.logits, atol=1e-6)
+
+
+def _strong_feedback(model):
+    for dec in model.decoders:  # make the feedback strong enough to matter
+        for lin in (dec.linear, dec.linear2):
+            torch.nn.init.normal_(lin.base.weight if hasattr(lin, "base") else lin.weight, std=0.5)
+        if hasattr(dec.linear2, "lora_B"):  # a non-zero LoRA update, so the effective weight is used
+            torch.nn.init.normal_(dec.linear2.lora_B[0], std=0.5)
+    for blk in model.vit.blocks:
+        torch.nn.init.normal_(blk.attn.qkv.bias, std=0.5)  # so the authors' extra value bias shows
+    model.prompt.data = model.run_blocks(images(1)).tokens[0, 1]
+    return model
+
+
+@pytest.mark.parametrize("method,official", [("toast", False), ("toast", True), ("toast-lite", False)])
+def test_toast_folded_value_projection_equals_per_token(method, official):
+    """(W_v B_l)·h_l, formed once, gives the same values, logits and gradients as W_v·(B_l·h_l)."""
+    from toast_core.methods.toast import fold_pays
+    model = _strong_feedback(tiny_model(method, official=official))
+    x = images()
+    tokens = model.run_blocks(x).tokens
+    assert fold_pays(*tokens.shape)  # 2 images x 17 tokens > 32 channels
+    for scale in (1.0, 0.5):
+        signals, projected = model.steering_signals(tokens, td_scale=scale)
+        assert projected and signals[0].shape == (2, 17, C)
+        td = [t * scale for t in model.top_down(tokens)]
+        folded = model.classify(model.run_blocks(x, td=signals, projected=True).tokens)
+        per_token = model.classify(model.run_blocks(x, td=td, official=official).tokens)
+        assert not torch.allclose(per_token, model(x, td_scale=0.0), atol=1e-3)  # steering matters here
+        torch.testing.assert_close(folded, per_token, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(x, td_scale=scale), folded)
+    # The recorder needs td itself, so a recorded forward takes the per-token path: same logits.
+    torch.testing.assert_close(tc.extract_attention(model, x).logits, model(x), atol=1e-5, rtol=1e-5)
+    # Training through the fold: the same gradients for every trained parameter.
+    grads = []
+    for fold in (True, False):
+        model.zero_grad()
+        if fold:
+            loss = model(x).logsumexp(-1).sum()
+        else:
+            td = model.top_down(model.run_blocks(x).tokens)
+            loss = model.classify(model.run_blocks(x, td=td, official=official).tokens).logsumexp(-1).sum()
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 3
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_toast_fold_only_when_it_saves_work():
+    from toast_core.methods.toast import fold_pays
+    assert fold_pays(8, 257, 384) and not fold_pays(1, 257, 384) and not fold_pays(1, 32, 32)
+    model = tiny_model("toast")
+    tokens = model.run_blocks(images(b=1)).tokens  # 1 x 17 tokens < 32 channels
+    signals, projected = model.steering_signals(tokens)
+    assert not projected and signals[0].shape == tokens.shape
 
 
 def test_vpt_maps_exclude_prompts_and_report_their_mass():

@@ -10,7 +10,9 @@ are switched on per call, never by mutating the module:
   unfused path and hands over the whole (B, H, N, N) matrix.
 * **top-down steering** (TOAST): while a :func:`steering` context maps this module to a top-down
   signal ``td`` (B, N, C), the values become ``V + W_v·td`` (queries and keys untouched). In the
-  authors' compatibility mode the value bias is added a second time, as their code does.
+  authors' compatibility mode the value bias is added a second time, as their code does. A caller that
+  has already projected the signal into value space (see :meth:`SteerableAttention.folded_values`)
+  passes ``projected=True`` and the layer adds it as is.
 
 The per-call state lives in a thread-local stack, so a model cached and shared between threads
 (Streamlit sessions) is never modified: two sessions can record and steer the same model at once.
@@ -36,6 +38,7 @@ class _Frame:
     recorder: Optional[object] = None  # toast_core.recording.AttentionRecorder
     td: dict = field(default_factory=dict)  # SteerableAttention -> (B, N, C) top-down signal
     td_official: bool = False
+    td_projected: bool = False  # td is already W_v·td (B, N, attn_dim)
 
 
 def _stack() -> list[_Frame]:
@@ -69,22 +72,24 @@ def push_frame(frame: _Frame) -> Iterator[_Frame]:
 
 
 @contextmanager
-def steering(td_by_module: dict, official: bool = False) -> Iterator[None]:
+def steering(td_by_module: dict, official: bool = False, projected: bool = False) -> Iterator[None]:
     """Add top-down values in the given attention modules for the duration of the block.
 
     Args:
         td_by_module: ``{attention_module: td}`` with ``td`` shaped (B, N, C) like the module's input.
         official: reproduce the TOAST authors' quirk (value bias added a second time).
+        projected: ``td`` is already in value space, (B, N, attn_dim): added to V as is (``official``
+            is then the caller's business, see :meth:`SteerableAttention.folded_values`).
     """
-    with push_frame(_Frame(td=dict(td_by_module), td_official=official)):
+    with push_frame(_Frame(td=dict(td_by_module), td_official=official, td_projected=projected)):
         yield
 
 
-def _lookup_td(module) -> tuple[Optional[torch.Tensor], bool]:
+def _lookup_td(module) -> tuple[Optional[torch.Tensor], bool, bool]:
     for frame in reversed(_stack()):
         if module in frame.td:
-            return frame.td[module], frame.td_official
-    return None, False
+            return frame.td[module], frame.td_official, frame.td_projected
+    return None, False, False
 
 
 class SteerableAttention(Attention):
@@ -101,18 +106,33 @@ class SteerableAttention(Attention):
             v = F.linear(td, self.qkv.weight[2 * a:])
         return v.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
 
+    def folded_values(self, h: torch.Tensor, feedback_weight: torch.Tensor, official: bool = False) -> torch.Tensor:
+        """W_v·(F·h) (+ b_v in the authors' mode) computed as (W_v F)·h, shaped (B, N, attn_dim).
+
+        The same values as :meth:`value_projection` of ``td = F·h``, but the C×C product ``W_v F`` is
+        formed once per call instead of projecting every token twice: 2·C³ FLOPs instead of 2·B·N·C²,
+        a saving whenever B·N > C. Pass the result to :func:`steering` with ``projected=True``.
+        """
+        a = self.attn_dim
+        w = self.qkv.weight[2 * a:] @ feedback_weight
+        b = self.qkv.bias[2 * a:] if official and self.qkv.bias is not None else None
+        return F.linear(h, w, b)
+
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
                 is_causal: bool = False) -> torch.Tensor:
         B, N, C = x.shape
         rec = current_recorder()
-        td, official = _lookup_td(self) if _local.__dict__.get("stack") else (None, False)
+        td, official, projected = _lookup_td(self) if _local.__dict__.get("stack") else (None, False, False)
 
         gate = self.gate(x).sigmoid() if self.gate is not None else None
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, H, N, D)
         q, k = self.q_norm(q), self.k_norm(k)
         if td is not None:
-            v = v + self.value_projection(td, official)
+            if projected:
+                v = v + td.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+            else:
+                v = v + self.value_projection(td, official)
 
         full = rec is not None and rec.wants_full(self)
         if self.fused_attn and not full:
@@ -121,11 +141,13 @@ class SteerableAttention(Attention):
                 dropout_p=self.attn_drop.p if self.training else 0.0, is_causal=is_causal)
             if rec is not None:
                 n_rows = rec.rows_wanted(self)
-                rows = (q[:, :, :n_rows] * self.scale) @ k.transpose(-2, -1)  # (B, H, n_rows, N)
-                bias = resolve_self_attn_mask(N, rows, attn_mask, is_causal)
-                if bias is not None:
-                    bias = bias[..., :n_rows, :]
-                rec.add_attention(self, maybe_add_mask(rows, bias).softmax(dim=-1), full=False)
+                logits = q[:, :, :n_rows] @ k.transpose(-2, -1)  # (B, H, n_rows, N), unscaled
+                bias = resolve_self_attn_mask(N, logits, attn_mask, is_causal)
+                if bias is None:  # the recorder applies scale and softmax to all layers at once
+                    rec.add_attention(self, logits, full=False, scale=self.scale)
+                else:
+                    rows = maybe_add_mask(logits * self.scale, bias[..., :n_rows, :])
+                    rec.add_attention(self, rows.float().softmax(dim=-1), full=False)
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, N)
             attn = maybe_add_mask(attn, resolve_self_attn_mask(N, attn, attn_mask, is_causal))

@@ -27,6 +27,7 @@ DEFAULT_PASS = "main"
 class _Pass:
     name: str
     attn: list = field(default_factory=list)  # per layer: (B, H, R, N) rows or (B, H, N, N) full
+    scales: list = field(default_factory=list)  # per layer: None (attn holds weights) or the logits' scale
     tokens: list = field(default_factory=list)  # per layer: (B, N) token norms of the block output
     layout: Optional[tuple] = None  # (grid, num_prefix, num_prompts)
 
@@ -38,11 +39,13 @@ class AttentionRecorder:
         full: keep full token-to-token matrices (runs the unfused path); otherwise only the query rows
             of the prefix tokens are computed, beside fused attention.
         keep_grad: keep the autograd graph of the recorded weights (for gradient-weighted maps).
+        token_norm: also keep the L2 norm of every block's output tokens (one reduction per block).
     """
 
-    def __init__(self, full: bool = False, keep_grad: bool = False):
+    def __init__(self, full: bool = False, keep_grad: bool = False, token_norm: bool = True):
         self.full = full
         self.keep_grad = keep_grad
+        self.token_norm = token_norm
         self.passes: list[_Pass] = []
         self.extras: dict[str, torch.Tensor] = {}
 
@@ -59,6 +62,8 @@ class AttentionRecorder:
         self._current().layout = (tuple(int(g) for g in grid), int(num_prefix), int(num_prompts))
 
     def add_tokens(self, x: torch.Tensor) -> None:
+        if not self.token_norm:
+            return
         self._current().tokens.append(self._keep(x.norm(dim=-1)))
 
     def add_extra(self, name: str, value: torch.Tensor) -> None:
@@ -72,17 +77,24 @@ class AttentionRecorder:
         layout = self._current().layout
         return max(1, layout[1]) if layout else 1
 
-    def add_attention(self, module, attn: torch.Tensor, full: bool) -> None:
-        self._current().attn.append(self._keep(attn))
+    def add_attention(self, module, attn: torch.Tensor, full: bool, scale: Optional[float] = None) -> None:
+        """Keep one layer's attention: the weights, or with ``scale`` the raw logits q·kᵀ.
+
+        Logits are turned into weights, softmax(scale·logits), for all layers at once when the pass is
+        summarised: a few large kernels at the end instead of several small ones in every block.
+        """
+        p = self._current()
+        p.attn.append(self._keep(attn))
+        p.scales.append(scale)
 
     def _keep(self, t: torch.Tensor) -> torch.Tensor:
         return t if self.keep_grad else t.detach()
 
 
 @contextmanager
-def record(full: bool = False, keep_grad: bool = False) -> Iterator[AttentionRecorder]:
+def record(full: bool = False, keep_grad: bool = False, token_norm: bool = True) -> Iterator[AttentionRecorder]:
     """Activate a recorder for attention layers running in this thread (removed on exit, always)."""
-    rec = AttentionRecorder(full=full, keep_grad=keep_grad)
+    rec = AttentionRecorder(full=full, keep_grad=keep_grad, token_norm=token_norm)
     with push_frame(_Frame(recorder=rec)):
         yield rec
 
@@ -134,18 +146,29 @@ class AttentionResult:
         return getattr(self, kind)[self.final_pass]
 
 
+def _weights(p: _Pass) -> torch.Tensor:
+    """All layers' attention weights of a pass, stacked (L, ...) in float32."""
+    stacked = torch.stack(p.attn).float()
+    scales = set(p.scales)
+    if scales == {None}:
+        return stacked
+    if len(scales) == 1:  # one scale for every layer (a ViT): one multiply and one softmax in all
+        return (stacked * scales.pop()).softmax(dim=-1)
+    return torch.stack([m if s is None else (m * s).softmax(dim=-1) for m, s in zip(stacked, p.scales)])
+
+
 def _summarise(p: _Pass, want_full: bool, has_cls: bool) -> dict:
     grid, n_prefix, n_prompts = p.layout
     h, w = grid
     n_lead = n_prefix + n_prompts
     out = {}
     if p.attn:
-        mats = [a.float() for a in p.attn]
+        mats = _weights(p)  # (L, B, H, R, N) query rows, or (L, B, H, N, N) full matrices
         if has_cls:
-            rows = torch.stack([m[:, :, 0, :] for m in mats])  # (L, B, H, N) from the CLS query
+            rows = mats[:, :, :, 0, :]  # (L, B, H, N) from the CLS query
         else:
             # No class token: use the mean attention that patch queries give each key.
-            rows = torch.stack([m[:, :, n_lead:, :].mean(dim=2) for m in mats])
+            rows = mats[:, :, :, n_lead:, :].mean(dim=3)
         L, B, H, N = rows.shape
         if N != n_lead + h * w:
             raise RuntimeError(f"token count {N} does not match layout {n_prefix}+{n_prompts}+{h}x{w}")
@@ -155,15 +178,16 @@ def _summarise(p: _Pass, want_full: bool, has_cls: bool) -> dict:
         out["prefix_mass"] = rows[..., :n_prefix].sum(-1).mean(-1)
         out["prompt_mass"] = rows[..., n_prefix:n_lead].sum(-1).mean(-1)
         if want_full:
-            out["full"] = torch.stack(mats)
+            out["full"] = mats
     if p.tokens:
-        norms = torch.stack([t.float() for t in p.tokens])  # (L, B, N)
+        norms = torch.stack(p.tokens).float()  # (L, B, N)
         out["token_norm"] = norms[..., n_lead:].reshape(norms.shape[0], norms.shape[1], h, w)
     return out
 
 
 def extract_attention(model: torch.nn.Module, images: torch.Tensor, *, full: bool = False,
-                      keep_grad: bool = False, forward_kwargs: Optional[dict] = None) -> AttentionResult:
+                      keep_grad: bool = False, forward_kwargs: Optional[dict] = None,
+                      token_norm: bool = True) -> AttentionResult:
     """Run ``model(images)`` once and return what every layer attended to, for every pass.
 
     Args:
@@ -172,6 +196,7 @@ def extract_attention(model: torch.nn.Module, images: torch.Tensor, *, full: boo
         full: also return full (L, B, H, N, N) attention matrices (needed for rollout).
         keep_grad: keep the graph (for gradient-weighted maps); otherwise runs under ``no_grad``.
         forward_kwargs: extra keyword arguments for the model's forward (e.g. TOAST ``td_scale``).
+        token_norm: also record each block's output-token norms (``result.token_norm``; empty when off).
 
     Returns:
         :class:`AttentionResult`.
@@ -179,7 +204,7 @@ def extract_attention(model: torch.nn.Module, images: torch.Tensor, *, full: boo
     has_cls = getattr(getattr(model, "vit", model), "cls_token", None) is not None
     want_full = full or not has_cls
     grad_ctx = torch.enable_grad() if keep_grad else torch.no_grad()
-    with grad_ctx, record(full=want_full, keep_grad=keep_grad) as rec:
+    with grad_ctx, record(full=want_full, keep_grad=keep_grad, token_norm=token_norm) as rec:
         logits = model(images, **(forward_kwargs or {}))
     if not rec.passes or not rec.passes[0].attn:
         raise RuntimeError("no attention was recorded: is the model built with toast_core.build_model?")

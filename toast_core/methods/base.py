@@ -139,15 +139,18 @@ class TransferModel(nn.Module):
         return x, grid
 
     def run_blocks(self, images: torch.Tensor, td: Optional[list] = None, official: bool = False,
-                   collect_io: bool = False) -> PassOutput:
-        """One pass through the backbone; ``td[l]`` is added to block l's values when given."""
+                   collect_io: bool = False, projected: bool = False) -> PassOutput:
+        """One pass through the backbone; ``td[l]`` is added to block l's values when given.
+
+        ``projected``: ``td[l]`` is already in value space (see :func:`toast_core.attention.steering`).
+        """
         x, grid = self.embed(images)
         rec = current_recorder()
         if rec is not None:
             rec.set_layout(grid, self.num_prefix_tokens, self.num_prompt_tokens)
         mapping = {blk.attn: t for blk, t in zip(self.vit.blocks, td)} if td is not None else {}
         io = [] if collect_io else None
-        with steering(mapping, official=official):
+        with steering(mapping, official=official, projected=projected):
             for i, blk in enumerate(self.vit.blocks):
                 x = self.tokens_before_block(x, i)
                 x_in = x

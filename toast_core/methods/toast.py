@@ -72,14 +72,23 @@ def select_tokens(tokens: torch.Tensor, xi: torch.Tensor) -> tuple[torch.Tensor,
     return tokens * s.unsqueeze(-1), s
 
 
-def feedback(z: torch.Tensor, decoders: nn.ModuleList) -> list[torch.Tensor]:
-    """The feedback path: td_l = B_l A_l A_{l+1} … A_{L-1} z for every block l (list, block order)."""
-    td = [None] * len(decoders)
+def feedback_states(z: torch.Tensor, decoders: nn.ModuleList) -> list[torch.Tensor]:
+    """The feedback path's states h_l = A_l A_{l+1} … A_{L-1} z for every block l (list, block order)."""
+    hs = [None] * len(decoders)
     h = z
     for l in range(len(decoders) - 1, -1, -1):
-        h = decoders[l].linear(h)
-        td[l] = decoders[l].linear2(h)
-    return td
+        h = hs[l] = decoders[l].linear(h)
+    return hs
+
+
+def feedback(z: torch.Tensor, decoders: nn.ModuleList) -> list[torch.Tensor]:
+    """The feedback path: td_l = B_l h_l = B_l A_l A_{l+1} … A_{L-1} z for every block l (list, block order)."""
+    return [dec.linear2(h) for dec, h in zip(decoders, feedback_states(z, decoders))]
+
+
+def fold_pays(batch: int, tokens: int, dim: int) -> bool:
+    """Whether forming W_v·B_l once (2·C³ FLOPs) is cheaper than applying B_l to every token (2·B·N·C²)."""
+    return batch * tokens > dim
 
 
 def reconstruction_loss(block_io: list, decoders: nn.ModuleList, weight: float = 0.1) -> torch.Tensor:
@@ -112,18 +121,42 @@ class _TOASTBase(TransferModel):
             return [self.vit.head, self.prompt, self.top_down_transform, *loras]
         return [self.vit.head, self.prompt, self.decoders]
 
-    def top_down(self, tokens: torch.Tensor, xi: Optional[torch.Tensor] = None,
-                 grid: Optional[tuple] = None) -> list[torch.Tensor]:
-        """Steps 2–3: the per-block top-down signals from the bottom-up output tokens."""
+    def _feedback_states(self, tokens: torch.Tensor, xi: Optional[torch.Tensor], grid: Optional[tuple]):
+        """Step 2 and the A-chain of step 3; records the token gate when a recorder is active."""
         gated, s = select_tokens(tokens, self.prompt if xi is None else xi)
         z = gated @ self.top_down_transform.t()
-        td = feedback(z, self.decoders)
         rec = current_recorder()
         if rec is not None and grid is not None:
             p = self.num_prefix_tokens
             rec.add_extra("gate", s[:, p:].reshape(s.shape[0], *grid))
+        return feedback_states(z, self.decoders)
+
+    def top_down(self, tokens: torch.Tensor, xi: Optional[torch.Tensor] = None,
+                 grid: Optional[tuple] = None) -> list[torch.Tensor]:
+        """Steps 2–3: the per-block top-down signals from the bottom-up output tokens."""
+        td = [dec.linear2(h) for dec, h in zip(self.decoders, self._feedback_states(tokens, xi, grid))]
+        rec = current_recorder()
+        if rec is not None and grid is not None:
             rec.add_extra("td_norm", torch.stack([t.norm(dim=-1).mean(dim=-1) for t in td]))
         return td
+
+    def steering_signals(self, tokens: torch.Tensor, xi: Optional[torch.Tensor] = None,
+                         grid: Optional[tuple] = None, td_scale: float = 1.0) -> tuple[list[torch.Tensor], bool]:
+        """What the top-down pass adds to each block's values, and whether it is already in value space.
+
+        When B·N > C and nothing records td itself, W_v·B_l is folded into one C×C matrix per block
+        (:meth:`~toast_core.attention.SteerableAttention.folded_values`): the same values, with
+        one token-wise projection per block instead of two. Otherwise td_l = B_l h_l is returned
+        and the attention layer projects it.
+        """
+        B, N, C = tokens.shape
+        if current_recorder() is not None or not fold_pays(B, N, C):
+            td = self.top_down(tokens, xi, grid)
+            return ([t * td_scale for t in td] if td_scale != 1.0 else td), False
+        hs = self._feedback_states(tokens, xi, grid)
+        official = self.config.official
+        return [blk.attn.folded_values(h, dec.linear2.weight * td_scale, official)
+                for blk, dec, h in zip(self.vit.blocks, self.decoders, hs)], True
 
     def bottom_up(self, images: torch.Tensor):
         """Step 1: the plain backbone pass (no gradient unless the images need one)."""
@@ -145,11 +178,10 @@ class _TOASTBase(TransferModel):
 
     def _two_passes(self, images, td_scale=1.0, xi=None, collect_io=False):
         first = self.bottom_up(images)
-        td = self.top_down(first.tokens, xi, first.grid)
-        if td_scale != 1.0:
-            td = [t * td_scale for t in td]
+        signals, projected = self.steering_signals(first.tokens, xi, first.grid, td_scale)
         recorder_begin_pass(TOP_DOWN)
-        second = self.run_blocks(images, td=td, official=self.config.official, collect_io=collect_io)
+        second = self.run_blocks(images, td=signals, official=self.config.official, collect_io=collect_io,
+                                 projected=projected)
         return self.classify(second.tokens), second
 
     def training_outputs(self, images: torch.Tensor, stage: str = "tune"):
