@@ -230,15 +230,15 @@ def _strong_feedback(model):
 
 @pytest.mark.parametrize("method,official", [("toast", False), ("toast", True), ("toast-lite", False)])
 def test_toast_folded_value_projection_equals_per_token(method, official):
-    """(W_v B_l)·h_l, formed once, gives the same values, logits and gradients as W_v·(B_l·h_l)."""
+    """(W_v B_l A_l … P)·x̃, formed once, gives the same values, logits and gradients as the per-token path."""
     from toast_core.methods.toast import fold_pays
     model = _strong_feedback(tiny_model(method, official=official))
-    x = images()
+    x = images(b=5)
     tokens = model.run_blocks(x).tokens
-    assert fold_pays(*tokens.shape)  # 2 images x 17 tokens > 32 channels
+    assert fold_pays(*tokens.shape)  # 5 images x 17 tokens > 2 x 32 channels
     for scale in (1.0, 0.5):
         signals, projected = model.steering_signals(tokens, td_scale=scale)
-        assert projected and signals[0].shape == (2, 17, C)
+        assert projected and signals[0].shape == (5, 17, C)
         td = [t * scale for t in model.top_down(tokens)]
         folded = model.classify(model.run_blocks(x, td=signals, projected=True).tokens)
         per_token = model.classify(model.run_blocks(x, td=td, official=official).tokens)
@@ -265,9 +265,9 @@ def test_toast_folded_value_projection_equals_per_token(method, official):
 
 def test_toast_fold_only_when_it_saves_work():
     from toast_core.methods.toast import fold_pays
-    assert fold_pays(8, 257, 384) and not fold_pays(1, 257, 384) and not fold_pays(1, 32, 32)
+    assert fold_pays(8, 257, 384) and fold_pays(8, 197, 768) and not fold_pays(1, 257, 384)
     model = tiny_model("toast")
-    tokens = model.run_blocks(images(b=1)).tokens  # 1 x 17 tokens < 32 channels
+    tokens = model.run_blocks(images(b=3)).tokens  # 3 x 17 tokens < 2 x 32 channels
     signals, projected = model.steering_signals(tokens)
     assert not projected and signals[0].shape == tokens.shape
 

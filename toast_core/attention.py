@@ -110,8 +110,8 @@ class SteerableAttention(Attention):
         """W_v·(F·h) (+ b_v in the authors' mode) computed as (W_v F)·h, shaped (B, N, attn_dim).
 
         The same values as :meth:`value_projection` of ``td = F·h``, but the C×C product ``W_v F`` is
-        formed once per call instead of projecting every token twice: 2·C³ FLOPs instead of 2·B·N·C²,
-        a saving whenever B·N > C. Pass the result to :func:`steering` with ``projected=True``.
+        formed once per call (2·C³ FLOPs) instead of projecting every token twice. Pass the result to
+        :func:`steering` with ``projected=True``.
         """
         a = self.attn_dim
         w = self.qkv.weight[2 * a:] @ feedback_weight

@@ -7,6 +7,9 @@ Inference, for a ViT with L blocks and width C:
 3. feedback path from the top block down: h_L = z, h_l = A_l h_{l+1}, td_l = B_l h_l;
 4. top-down pass through the same blocks with V ← V + W_v td_l in block l; classify from it.
 
+Steps 2–4 are linear in the gated tokens x̃, so for large batches the path is folded into one C×C
+matrix per block, W_v B_l A_l ⋯ A_{L-1} P (:func:`feedback_operators`, :func:`fold_pays`).
+
 TOAST trains A_l, B_l, ξ and the head (P frozen); TOAST-Lite trains rank-4 LoRA updates on every
 A_l and B_l, ξ, P and the head. Parameter names follow the authors' checkpoint layout
 (``decoders.{l}.linear`` = A_l, ``decoders.{l}.linear2`` = B_l, ``prompt`` = ξ,
@@ -86,9 +89,28 @@ def feedback(z: torch.Tensor, decoders: nn.ModuleList) -> list[torch.Tensor]:
     return [dec.linear2(h) for dec, h in zip(decoders, feedback_states(z, decoders))]
 
 
+def feedback_operators(decoders: nn.ModuleList, transform: torch.Tensor, scale: float = 1.0) -> list[torch.Tensor]:
+    """F_l = scale·B_l A_l A_{l+1} … A_{L-1} P for every block l: td_l = F_l x̃ as one C×C matrix each.
+
+    The whole feedback path is linear (no biases, LoRA updates included), so the top-down signal of
+    block l is one matrix applied to the gated tokens. Forming the L matrices costs 4·L·C³ FLOPs.
+    """
+    ops = [None] * len(decoders)
+    chain = transform * scale if scale != 1.0 else transform
+    for l in range(len(decoders) - 1, -1, -1):
+        chain = decoders[l].linear.weight @ chain
+        ops[l] = decoders[l].linear2.weight @ chain
+    return ops
+
+
 def fold_pays(batch: int, tokens: int, dim: int) -> bool:
-    """Whether forming W_v·B_l once (2·C³ FLOPs) is cheaper than applying B_l to every token (2·B·N·C²)."""
-    return batch * tokens > dim
+    """Whether the folded top-down path is cheaper than the per-token one.
+
+    Per block, per-token: A_l, B_l and W_v on every token, 6·B·N·C² FLOPs. Folded: three C×C products
+    (6·C³) and one projection of the gated tokens (2·B·N·C²). Folding saves work when B·N > 1.5·C; it
+    is used from B·N > 2·C, where it also beats folding W_v·B_l alone (4·B·N·C² + 2·C³).
+    """
+    return batch * tokens > 2 * dim
 
 
 def reconstruction_loss(block_io: list, decoders: nn.ModuleList, weight: float = 0.1) -> torch.Tensor:
@@ -144,19 +166,20 @@ class _TOASTBase(TransferModel):
                          grid: Optional[tuple] = None, td_scale: float = 1.0) -> tuple[list[torch.Tensor], bool]:
         """What the top-down pass adds to each block's values, and whether it is already in value space.
 
-        When B·N > C and nothing records td itself, W_v·B_l is folded into one C×C matrix per block
-        (:meth:`~toast_core.attention.SteerableAttention.folded_values`): the same values, with
-        one token-wise projection per block instead of two. Otherwise td_l = B_l h_l is returned
-        and the attention layer projects it.
+        When B·N > 2·C and nothing records td itself, the feedback path is folded: block l's value
+        term is (W_v F_l)·x̃ with F_l from :func:`feedback_operators`: the same values, with one
+        token-wise projection per block instead of three
+        (:meth:`~toast_core.attention.SteerableAttention.folded_values`). Otherwise td_l = B_l h_l is
+        returned and the attention layer projects it.
         """
         B, N, C = tokens.shape
         if current_recorder() is not None or not fold_pays(B, N, C):
             td = self.top_down(tokens, xi, grid)
             return ([t * td_scale for t in td] if td_scale != 1.0 else td), False
-        hs = self._feedback_states(tokens, xi, grid)
+        gated, _ = select_tokens(tokens, self.prompt if xi is None else xi)
+        ops = feedback_operators(self.decoders, self.top_down_transform, td_scale)
         official = self.config.official
-        return [blk.attn.folded_values(h, dec.linear2.weight * td_scale, official)
-                for blk, dec, h in zip(self.vit.blocks, self.decoders, hs)], True
+        return [blk.attn.folded_values(gated, op, official) for blk, op in zip(self.vit.blocks, ops)], True
 
     def bottom_up(self, images: torch.Tensor):
         """Step 1: the plain backbone pass (no gradient unless the images need one)."""
