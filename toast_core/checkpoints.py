@@ -30,7 +30,6 @@ import os
 import random
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -39,6 +38,7 @@ import torch
 
 from .cache import atomic_write_bytes, sha256_file
 from .errors import CheckpointError
+from .safe_io import save_state_dict
 
 FORMAT = "toast-core-checkpoint"
 STATE_FORMAT = "toast-core-training-state"
@@ -75,48 +75,10 @@ def atomic_save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.
                             metadata: Optional[dict[str, str]] = None) -> Path:
     """Write ``tensors`` as safetensors to ``path`` atomically (temporary file, fsync, rename).
 
-    Args:
-        tensors: name -> tensor (moved to CPU, made contiguous; shared storage is copied).
-        path: destination; parent directories are created.
-        metadata: str -> str header metadata.
-    Returns:
-        ``Path(path)``.
+    :func:`toast_core.safe_io.save_state_dict` with this module's test hook (``PAUSE_ENV``) before the
+    rename, so every checkpoint write can be interrupted on purpose.
     """
-    from safetensors.torch import save_file
-
-    out, seen = {}, set()
-    for k, v in tensors.items():
-        t = v.detach().to("cpu").contiguous()
-        ptr = t.untyped_storage().data_ptr() if t.numel() else None
-        out[k] = t.clone() if ptr in seen else t
-        if ptr is not None:
-            seen.add(ptr)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        save_file(out, str(tmp), metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        _pause_hook(path)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    return save_state_dict(tensors, path, metadata, before_rename=_pause_hook)
 
 
 def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:

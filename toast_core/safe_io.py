@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -208,13 +209,20 @@ def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 
 def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike,
-                    metadata: dict[str, str] | None = None) -> None:
+                    metadata: dict[str, str] | None = None, *,
+                    before_rename: Optional[Callable[[Path], None]] = None) -> Path:
     """Write tensors to ``path`` as safetensors, atomically (readers see the old file or the new one).
+
+    The tensors go to a temporary file beside ``path``, which is fsynced and renamed over ``path``;
+    the directory is fsynced after the rename.
 
     Args:
         state: name -> tensor. Tensors are moved to CPU; tensors sharing storage are copied.
         path: destination file (parent directories are created).
         metadata: optional string -> string header metadata.
+        before_rename: called with ``path`` just before the rename (a test hook for interrupted writes).
+    Returns:
+        ``Path(path)``.
     """
     if metadata is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise TypeError("save_state_dict: metadata must map str to str")
@@ -225,7 +233,8 @@ def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike,
         t = v.detach().cpu().contiguous()
         ptr = t.untyped_storage().data_ptr() if t.numel() else None
         tensors[k] = t.clone() if ptr in seen else t  # safetensors refuses shared storage
-        seen.add(ptr)
+        if ptr is not None:
+            seen.add(ptr)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
@@ -233,6 +242,23 @@ def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike,
         save_file(tensors, str(tmp), metadata=metadata)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        if before_rename is not None:
+            before_rename(path)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
