@@ -45,7 +45,8 @@ for rec in r["sections"].get("record", []):
     print(f"HEADLINE {rec['backbone']} {r['dtype']} batch {rec['batch']} on {r['machine'].get('gpu')}: "
           f"{rec['images_per_s_plain']:.0f} images/s (forward {t:.2f} ms), "
           f"{rec['achieved_tflops']:.1f} TFLOP/s = {100 * rec.get('peak_share', float('nan')):.1f} % of "
-          f"{r['config']['peak_tflops']} TFLOP/s; recording overhead {rec['overhead']:.3f}x")
+          f"{r['config']['peak_tflops']} TFLOP/s; recording overhead {rec.get('overhead_cls', float('nan')):.3f}x "
+          f"(CLS maps), {rec['overhead']:.3f}x (+ token norms)")
 for t in r.get("targets", []):
     print(f"TARGET {t['target']}: {t['value'] if t['value'] is None else round(t['value'], 3)} "
           f"{t['direction']} {t['limit']} -> {t['met']}")
