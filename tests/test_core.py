@@ -263,6 +263,24 @@ def test_toast_folded_value_projection_equals_per_token(method, official):
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-4, rtol=1e-4, msg=name)
 
 
+def test_toast_fold_in_bf16_is_as_accurate_as_the_per_token_path(monkeypatch):
+    """Under bf16 autocast the folded operators round differently; their error stays that of the per-token path."""
+    import toast_core.methods.toast as toast_module
+    model = _strong_feedback(tiny_model("toast"))
+    x = images(b=8)
+
+    def run(fold: bool, bf16: bool):
+        monkeypatch.setattr(toast_module, "fold_pays", (lambda b, n, c: b * n > 2 * c) if fold else (lambda *a: False))
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return model(x).float()
+
+    ref = run(fold=False, bf16=False)
+    err_per_token = (run(fold=False, bf16=True) - ref).norm() / ref.norm()
+    err_folded = (run(fold=True, bf16=True) - ref).norm() / ref.norm()
+    print(f"relative error in bf16: per-token {err_per_token:.2e}, folded {err_folded:.2e}")
+    assert 0 < err_folded < max(1.5 * err_per_token, 1e-3)
+
+
 def test_toast_fold_only_when_it_saves_work():
     from toast_core.methods.toast import fold_pays
     assert fold_pays(8, 257, 384) and fold_pays(8, 197, 768) and not fold_pays(1, 257, 384)
