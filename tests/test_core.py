@@ -237,11 +237,12 @@ def test_toast_folded_value_projection_equals_per_token(method, official):
     tokens = model.run_blocks(x).tokens
     assert fold_pays(*tokens.shape)  # 5 images x 17 tokens > 2 x 32 channels
     for scale in (1.0, 0.5):
-        signals, projected = model.steering_signals(tokens, td_scale=scale)
-        assert projected and signals[0].shape == (5, 17, C)
+        values = model.value_terms(tokens, td_scale=scale)
+        assert model.folds(tokens) and values[0].shape == (5, 2, 17, C // 2)
         td = [t * scale for t in model.top_down(tokens)]
-        folded = model.classify(model.run_blocks(x, td=signals, projected=True).tokens)
-        per_token = model.classify(model.run_blocks(x, td=td, official=official).tokens)
+        per_token_values = [blk.attn.value_projection(t, official) for blk, t in zip(model.vit.blocks, td)]
+        folded = model.classify(model.run_blocks(x, values=values).tokens)
+        per_token = model.classify(model.run_blocks(x, values=per_token_values).tokens)
         assert not torch.allclose(per_token, model(x, td_scale=0.0), atol=1e-3)  # steering matters here
         torch.testing.assert_close(folded, per_token, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(model(x, td_scale=scale), folded)
@@ -255,7 +256,8 @@ def test_toast_folded_value_projection_equals_per_token(method, official):
             loss = model(x).logsumexp(-1).sum()
         else:
             td = model.top_down(model.run_blocks(x).tokens)
-            loss = model.classify(model.run_blocks(x, td=td, official=official).tokens).logsumexp(-1).sum()
+            values = [blk.attn.value_projection(t, official) for blk, t in zip(model.vit.blocks, td)]
+            loss = model.classify(model.run_blocks(x, values=values).tokens).logsumexp(-1).sum()
         loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 3
@@ -286,8 +288,8 @@ def test_toast_fold_only_when_it_saves_work():
     assert fold_pays(8, 257, 384) and fold_pays(8, 197, 768) and not fold_pays(1, 257, 384)
     model = tiny_model("toast")
     tokens = model.run_blocks(images(b=3)).tokens  # 3 x 17 tokens < 2 x 32 channels
-    signals, projected = model.steering_signals(tokens)
-    assert not projected and signals[0].shape == tokens.shape
+    values = model.value_terms(tokens)
+    assert not model.folds(tokens) and values[0].shape == (3, 2, 17, C // 2)
 
 
 def test_vpt_maps_exclude_prompts_and_report_their_mass():

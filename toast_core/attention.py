@@ -8,11 +8,11 @@ are switched on per call, never by mutating the module:
   computed with fused attention and only the prefix-token query rows of ``softmax(QKᵀ/√d)`` are
   computed on the side (O(N) extra work instead of O(N²)); in ``"full"`` mode the layer runs the
   unfused path and hands over the whole (B, H, N, N) matrix.
-* **top-down steering** (TOAST): while a :func:`steering` context maps this module to a top-down
-  signal ``td`` (B, N, C), the values become ``V + W_v·td`` (queries and keys untouched). In the
-  authors' compatibility mode the value bias is added a second time, as their code does. A caller that
-  has already projected the signal into value space (see :meth:`SteerableAttention.folded_values`)
-  passes ``projected=True`` and the layer adds it as is.
+* **top-down steering** (TOAST): while a :func:`steering` context maps this module to a value term
+  ``dv`` (B, H, N, D), the values become ``V + dv`` (queries and keys untouched). TOAST builds ``dv``
+  from its top-down signal td as ``W_v·td`` (:meth:`SteerableAttention.value_projection`; in the
+  authors' compatibility mode the value bias is added a second time, as their code does) or, for
+  large batches, from a folded feedback operator (:meth:`SteerableAttention.folded_values`).
 
 The per-call state lives in a thread-local stack, so a model cached and shared between threads
 (Streamlit sessions) is never modified: two sessions can record and steer the same model at once.
@@ -36,9 +36,7 @@ _local = threading.local()
 @dataclass
 class _Frame:
     recorder: Optional[object] = None  # toast_core.recording.AttentionRecorder
-    td: dict = field(default_factory=dict)  # SteerableAttention -> (B, N, C) top-down signal
-    td_official: bool = False
-    td_projected: bool = False  # td is already W_v·td (B, N, attn_dim)
+    values: dict = field(default_factory=dict)  # SteerableAttention -> (B, H, N, D) added to its values
 
 
 def _stack() -> list[_Frame]:
@@ -72,24 +70,22 @@ def push_frame(frame: _Frame) -> Iterator[_Frame]:
 
 
 @contextmanager
-def steering(td_by_module: dict, official: bool = False, projected: bool = False) -> Iterator[None]:
-    """Add top-down values in the given attention modules for the duration of the block.
+def steering(values_by_module: dict) -> Iterator[None]:
+    """Add top-down terms to the values of the given attention modules for the duration of the block.
 
     Args:
-        td_by_module: ``{attention_module: td}`` with ``td`` shaped (B, N, C) like the module's input.
-        official: reproduce the TOAST authors' quirk (value bias added a second time).
-        projected: ``td`` is already in value space, (B, N, attn_dim): added to V as is (``official``
-            is then the caller's business, see :meth:`SteerableAttention.folded_values`).
+        values_by_module: ``{attention_module: dv}`` with ``dv`` shaped (B, H, N, D) like the module's
+            values (:meth:`SteerableAttention.value_projection` or :meth:`~SteerableAttention.folded_values`).
     """
-    with push_frame(_Frame(td=dict(td_by_module), td_official=official, td_projected=projected)):
+    with push_frame(_Frame(values=dict(values_by_module))):
         yield
 
 
-def _lookup_td(module) -> tuple[Optional[torch.Tensor], bool, bool]:
+def _lookup_values(module) -> Optional[torch.Tensor]:
     for frame in reversed(_stack()):
-        if module in frame.td:
-            return frame.td[module], frame.td_official, frame.td_projected
-    return None, False, False
+        if module in frame.values:
+            return frame.values[module]
+    return None
 
 
 class SteerableAttention(Attention):
@@ -104,35 +100,36 @@ class SteerableAttention(Attention):
             v = self.qkv(td)[..., 2 * a:]
         else:
             v = F.linear(td, self.qkv.weight[2 * a:])
+        return self._heads(v)
+
+    def _heads(self, v: torch.Tensor) -> torch.Tensor:
+        """(B, N, attn_dim) -> (B, H, N, D)."""
+        B, N, _ = v.shape
         return v.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
 
     def folded_values(self, h: torch.Tensor, feedback_weight: torch.Tensor, official: bool = False) -> torch.Tensor:
-        """W_v·(F·h) (+ b_v in the authors' mode) computed as (W_v F)·h, shaped (B, N, attn_dim).
+        """W_v·(F·h) (+ b_v in the authors' mode) computed as (W_v F)·h, shaped (B, H, N, D).
 
         The same values as :meth:`value_projection` of ``td = F·h``, but the C×C product ``W_v F`` is
-        formed once per call (2·C³ FLOPs) instead of projecting every token twice. Pass the result to
-        :func:`steering` with ``projected=True``.
+        formed once per call (2·C³ FLOPs) instead of projecting every token twice.
         """
         a = self.attn_dim
         w = self.qkv.weight[2 * a:] @ feedback_weight
         b = self.qkv.bias[2 * a:] if official and self.qkv.bias is not None else None
-        return F.linear(h, w, b)
+        return self._heads(F.linear(h, w, b))
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
                 is_causal: bool = False) -> torch.Tensor:
         B, N, C = x.shape
         rec = current_recorder()
-        td, official, projected = _lookup_td(self) if _local.__dict__.get("stack") else (None, False, False)
+        dv = _lookup_values(self) if _local.__dict__.get("stack") else None
 
         gate = self.gate(x).sigmoid() if self.gate is not None else None
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, H, N, D)
         q, k = self.q_norm(q), self.k_norm(k)
-        if td is not None:
-            if projected:
-                v = v + td.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
-            else:
-                v = v + self.value_projection(td, official)
+        if dv is not None:
+            v = v + dv
 
         full = rec is not None and rec.wants_full(self)
         if self.fused_attn and not full:

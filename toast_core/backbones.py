@@ -22,23 +22,12 @@ from timm.models.vision_transformer import VisionTransformer
 
 from .attention import SteerableAttention
 from .errors import CheckpointError
+from .safe_io import describe_state_diff, load_state_dict
 
 DEFAULT_BACKBONE = "vit_small_patch14_dinov2"
 DEFAULT_IMG_SIZE = 224
 
 Pretrained = Union[bool, str, os.PathLike]
-
-
-def describe_state_diff(missing: list[str], unexpected: list[str], wrong: list[str]) -> str:
-    """One line saying how a state dict differs from what a model expects (a few examples of each)."""
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:4])})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:4])})")
-    if wrong:
-        parts.append(f"{len(wrong)} with other shapes (e.g. {'; '.join(wrong[:3])})")
-    return ", ".join(parts)
 
 
 def create_backbone(name: str = DEFAULT_BACKBONE, *, pretrained: Pretrained = False, num_classes: int = 0,
@@ -97,8 +86,6 @@ def load_backbone_weights(model: VisionTransformer, source: Union[str, os.PathLi
     the model's grid (with ``resize_fn(pos_embed, num_prefix, grid)`` when given, else timm's
     resampling). Returns a report ``{"skipped": [...]}``.
     """
-    from .safe_io import load_state_dict
-
     state = dict(source) if isinstance(source, dict) else load_state_dict(source)
     target = model.state_dict()
     state = adapt_pos_embed(model, state, resize_fn)

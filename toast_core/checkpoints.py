@@ -38,7 +38,7 @@ import torch
 
 from .cache import atomic_write_bytes, sha256_file
 from .errors import CheckpointError
-from .safe_io import save_state_dict
+from .safe_io import describe_state_diff, load_state_dict, read_safetensors_metadata, save_state_dict
 
 FORMAT = "toast-core-checkpoint"
 STATE_FORMAT = "toast-core-training-state"
@@ -307,8 +307,6 @@ def read_checkpoint_info(path: str | os.PathLike) -> dict:
     Raises:
         CheckpointError: no checkpoint there, or not one of this project's.
     """
-    from .safe_io import read_safetensors_metadata
-
     weights, config_json = checkpoint_paths(path)
     if weights.is_file():
         meta = read_safetensors_metadata(weights)
@@ -394,8 +392,6 @@ def load_tensors_strict(model, tensors: Mapping[str, torch.Tensor], full: bool, 
         hint = ""
         if any(w.startswith("vit.head.") for w in wrong):
             hint = " The classifier head has another size: the checkpoint is for another number of classes."
-        from .backbones import describe_state_diff
-
         raise CheckpointError(f"{source} does not fit the model: {describe_state_diff(missing, unexpected, wrong)}.{hint}")
     model.load_state_dict(dict(tensors), strict=False)
 
@@ -436,8 +432,6 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
         CheckpointError: missing/unreadable file, other backbone weights, keys or shapes that differ.
     """
     from .models import build_model
-    from .safe_io import load_state_dict
-
     cfg = read_checkpoint_info(path)
     pretrained = _pretrained_arg(cfg)
     kwargs = dict(cfg.get("backbone_kwargs") or {})
@@ -476,8 +470,6 @@ def load_checkpoint_into(model, path: str | os.PathLike) -> dict:
     Returns:
         the checkpoint's config.
     """
-    from .safe_io import load_state_dict
-
     cfg = read_checkpoint_info(path)
     info = getattr(model, "build_info", {})
     diffs = []
@@ -574,8 +566,6 @@ def save_training_state(path: str | os.PathLike, model, optimizer: torch.optim.O
 
 def read_training_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, metadata) of a training-state file, read safely."""
-    from .safe_io import load_state_dict, read_safetensors_metadata
-
     meta = read_safetensors_metadata(path)
     try:
         info = json.loads(meta[META_KEY])
@@ -602,8 +592,6 @@ def restore_training_state(path: str | os.PathLike, model, optimizer: torch.opti
     wrong = [f"{k}: file {tuple(saved[k].shape)} vs model {tuple(params[k].shape)}"
              for k in sorted(set(saved) & set(params)) if saved[k].shape != params[k].shape]
     if missing or unexpected or wrong:
-        from .backbones import describe_state_diff
-
         raise CheckpointError(f"training state {path} does not fit the model: {describe_state_diff(missing, unexpected, wrong)}")
     with torch.no_grad():
         for k, p in params.items():

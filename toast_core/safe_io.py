@@ -262,3 +262,15 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def describe_state_diff(missing: list[str], unexpected: list[str], wrong: list[str]) -> str:
+    """One line saying how a state dict differs from what a model expects (a few examples of each)."""
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:4])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:4])})")
+    if wrong:
+        parts.append(f"{len(wrong)} with other shapes (e.g. {'; '.join(wrong[:3])})")
+    return ", ".join(parts)

@@ -354,8 +354,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         if id(p) in head_ids:
             kind, scale = "head", cfg.head_lr_scale
         else:
-            prefix = next((pre for pre, _ in cfg.lr_scales if name.startswith(pre)), None)
-            kind, scale = (prefix, dict(cfg.lr_scales)[prefix]) if prefix else ("body", 1.0)
+            kind, scale = next(((pre, sc) for pre, sc in cfg.lr_scales if name.startswith(pre)), ("body", 1.0))
         groups.setdefault((decay, kind, float(scale)), []).append(p)
     if not groups:
         raise TrainingError("the model has no trainable parameters (nothing requires grad)")

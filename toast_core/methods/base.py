@@ -138,19 +138,17 @@ class TransferModel(nn.Module):
         x = vit.norm_pre(x)
         return x, grid
 
-    def run_blocks(self, images: torch.Tensor, td: Optional[list] = None, official: bool = False,
-                   collect_io: bool = False, projected: bool = False) -> PassOutput:
-        """One pass through the backbone; ``td[l]`` is added to block l's values when given.
-
-        ``projected``: ``td[l]`` is already in value space (see :func:`toast_core.attention.steering`).
-        """
+    def run_blocks(self, images: torch.Tensor, values: Optional[list] = None,
+                   collect_io: bool = False) -> PassOutput:
+        """One pass through the backbone; ``values[l]`` (B, H, N, D) is added to block l's attention
+        values when given (see :func:`toast_core.attention.steering`)."""
         x, grid = self.embed(images)
         rec = current_recorder()
         if rec is not None:
             rec.set_layout(grid, self.num_prefix_tokens, self.num_prompt_tokens)
-        mapping = {blk.attn: t for blk, t in zip(self.vit.blocks, td)} if td is not None else {}
+        mapping = {blk.attn: v for blk, v in zip(self.vit.blocks, values)} if values is not None else {}
         io = [] if collect_io else None
-        with steering(mapping, official=official, projected=projected):
+        with steering(mapping):
             for i, blk in enumerate(self.vit.blocks):
                 x = self.tokens_before_block(x, i)
                 x_in = x

@@ -84,11 +84,6 @@ def feedback_states(z: torch.Tensor, decoders: nn.ModuleList) -> list[torch.Tens
     return hs
 
 
-def feedback(z: torch.Tensor, decoders: nn.ModuleList) -> list[torch.Tensor]:
-    """The feedback path: td_l = B_l h_l = B_l A_l A_{l+1} … A_{L-1} z for every block l (list, block order)."""
-    return [dec.linear2(h) for dec, h in zip(decoders, feedback_states(z, decoders))]
-
-
 def feedback_operators(decoders: nn.ModuleList, transform: torch.Tensor, scale: float = 1.0) -> list[torch.Tensor]:
     """F_l = scale·B_l A_l A_{l+1} … A_{L-1} P for every block l: td_l = F_l x̃ as one C×C matrix each.
 
@@ -143,43 +138,46 @@ class _TOASTBase(TransferModel):
             return [self.vit.head, self.prompt, self.top_down_transform, *loras]
         return [self.vit.head, self.prompt, self.decoders]
 
-    def _feedback_states(self, tokens: torch.Tensor, xi: Optional[torch.Tensor], grid: Optional[tuple]):
-        """Step 2 and the A-chain of step 3; records the token gate when a recorder is active."""
+    def _gated(self, tokens: torch.Tensor, xi: Optional[torch.Tensor], grid: Optional[tuple]) -> torch.Tensor:
+        """Step 2's token selection x̃; records the gate when a recorder is active."""
         gated, s = select_tokens(tokens, self.prompt if xi is None else xi)
-        z = gated @ self.top_down_transform.t()
         rec = current_recorder()
         if rec is not None and grid is not None:
             p = self.num_prefix_tokens
             rec.add_extra("gate", s[:, p:].reshape(s.shape[0], *grid))
-        return feedback_states(z, self.decoders)
+        return gated
 
     def top_down(self, tokens: torch.Tensor, xi: Optional[torch.Tensor] = None,
                  grid: Optional[tuple] = None) -> list[torch.Tensor]:
-        """Steps 2–3: the per-block top-down signals from the bottom-up output tokens."""
-        td = [dec.linear2(h) for dec, h in zip(self.decoders, self._feedback_states(tokens, xi, grid))]
+        """Steps 2–3: the per-block top-down signals td_l = B_l h_l from the bottom-up output tokens."""
+        z = self._gated(tokens, xi, grid) @ self.top_down_transform.t()
+        td = [dec.linear2(h) for dec, h in zip(self.decoders, feedback_states(z, self.decoders))]
         rec = current_recorder()
         if rec is not None and grid is not None:
             rec.add_extra("td_norm", torch.stack([t.norm(dim=-1).mean(dim=-1) for t in td]))
         return td
 
-    def steering_signals(self, tokens: torch.Tensor, xi: Optional[torch.Tensor] = None,
-                         grid: Optional[tuple] = None, td_scale: float = 1.0) -> tuple[list[torch.Tensor], bool]:
-        """What the top-down pass adds to each block's values, and whether it is already in value space.
+    def folds(self, tokens: torch.Tensor) -> bool:
+        """Whether :meth:`value_terms` folds the feedback path for these tokens: B·N > 2·C and nothing
+        records td itself (recordings report |td_l|, which only the per-token path computes)."""
+        return current_recorder() is None and fold_pays(*tokens.shape)
 
-        When B·N > 2·C and nothing records td itself, the feedback path is folded: block l's value
-        term is (W_v F_l)·x̃ with F_l from :func:`feedback_operators`: the same values, with one
-        token-wise projection per block instead of three
-        (:meth:`~toast_core.attention.SteerableAttention.folded_values`). Otherwise td_l = B_l h_l is
-        returned and the attention layer projects it.
+    def value_terms(self, tokens: torch.Tensor, xi: Optional[torch.Tensor] = None,
+                    grid: Optional[tuple] = None, td_scale: float = 1.0) -> list[torch.Tensor]:
+        """Step 4's value terms W_v·(td_scale·td_l), (B, H, N, D) per block.
+
+        Folded (:meth:`folds`): (W_v F_l)·x̃ with F_l from :func:`feedback_operators`, one token-wise
+        projection per block (:meth:`~toast_core.attention.SteerableAttention.folded_values`). Otherwise
+        td_l = B_l h_l per token, projected by :meth:`~toast_core.attention.SteerableAttention.value_projection`.
         """
-        B, N, C = tokens.shape
-        if current_recorder() is not None or not fold_pays(B, N, C):
-            td = self.top_down(tokens, xi, grid)
-            return ([t * td_scale for t in td] if td_scale != 1.0 else td), False
-        gated, _ = select_tokens(tokens, self.prompt if xi is None else xi)
-        ops = feedback_operators(self.decoders, self.top_down_transform, td_scale)
         official = self.config.official
-        return [blk.attn.folded_values(gated, op, official) for blk, op in zip(self.vit.blocks, ops)], True
+        if self.folds(tokens):
+            ops = feedback_operators(self.decoders, self.top_down_transform, td_scale)
+            gated = self._gated(tokens, xi, grid)
+            return [blk.attn.folded_values(gated, op, official) for blk, op in zip(self.vit.blocks, ops)]
+        td = self.top_down(tokens, xi, grid)
+        return [blk.attn.value_projection(t * td_scale if td_scale != 1.0 else t, official)
+                for blk, t in zip(self.vit.blocks, td)]
 
     def bottom_up(self, images: torch.Tensor):
         """Step 1: the plain backbone pass (no gradient unless the images need one)."""
@@ -201,10 +199,9 @@ class _TOASTBase(TransferModel):
 
     def _two_passes(self, images, td_scale=1.0, xi=None, collect_io=False):
         first = self.bottom_up(images)
-        signals, projected = self.steering_signals(first.tokens, xi, first.grid, td_scale)
+        values = self.value_terms(first.tokens, xi, first.grid, td_scale)
         recorder_begin_pass(TOP_DOWN)
-        second = self.run_blocks(images, td=signals, official=self.config.official, collect_io=collect_io,
-                                 projected=projected)
+        second = self.run_blocks(images, values=values, collect_io=collect_io)
         return self.classify(second.tokens), second
 
     def training_outputs(self, images: torch.Tensor, stage: str = "tune"):
