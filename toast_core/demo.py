@@ -291,7 +291,7 @@ def _machine() -> dict:
 def prepare_demo(out_dir: Optional[str | os.PathLike] = None, quick: bool = False, device: str = "auto",
                  progress: Optional[Progress] = None, callbacks: Iterable[Any] = (), force: bool = False,
                  methods: Optional[Iterable[str]] = None, echo: bool = False, tqdm_bars: bool = False,
-                 plan: Optional[DemoPlan] = None) -> dict:
+                 plan: Optional[DemoPlan] = None, only_shipped: bool = False) -> dict:
     """Build the default backbone, the demo task, TOAST's pre-tuning and every method's checkpoint.
 
     Args:
@@ -304,6 +304,8 @@ def prepare_demo(out_dir: Optional[str | os.PathLike] = None, quick: bool = Fals
         methods: subset of methods (default: all seven).
         echo: print stage lines; tqdm_bars: tqdm bars per run (the command line).
         plan: override :func:`plan_for`.
+        only_shipped: build the backbone and the task, install the shipped checkpoints that fit, and
+            train nothing (the app's first start; :mod:`toast_core.background` trains the rest).
     Returns:
         the results dict also written to ``results.json`` (per method: test/val accuracy, trainable
         share, seconds, whether it was cached).
@@ -386,6 +388,8 @@ def prepare_demo(out_dir: Optional[str | os.PathLike] = None, quick: bool = Fals
             shipped_ok[m] = src
         else:
             stages.say(f"{m}: the shipped checkpoint does not fit ({why}); training it here instead")
+    if only_shipped:
+        recipes = [r for r in recipes if r.method in shipped_ok]
     need_pretune = any(r.pretuned and r.method not in shipped_ok for r in recipes)
     pretune_ckpt = out / "pretune"
     if need_pretune:
@@ -401,9 +405,10 @@ def prepare_demo(out_dir: Optional[str | os.PathLike] = None, quick: bool = Fals
             n_train = max(k, plan.pretune_images // k * k)
             cfg = TrainConfig(epochs=plan.pretune_epochs, batch_size=plan.batch_size, lr=plan.pretune_lr,
                               weight_decay=0.01, warmup_epochs=0.3, device=str(dev), seed=plan.seed)
-            pretune(pretune_ckpt, img_size=size, data=PretuneData(n_train, max(k, n_train // 10), size, plan.seed),
+            res = pretune(pretune_ckpt, img_size=size, data=PretuneData(n_train, max(k, n_train // 10), size, plan.seed),
                           train_config=cfg, callbacks=[*callbacks, stages.step_callback("pretune")],
-                          resume="auto", progress=tqdm_bars, meta={"demo_hash": p_hash})
+                                resume="auto", progress=tqdm_bars, meta={"demo_hash": p_hash})
+            _raise_if_stopped(res, "pretune", pretune_ckpt)
         info = read_checkpoint_info(pretune_ckpt)
         timings["pretune"] = time.perf_counter() - t
         cpu_timings["pretune"] = time.process_time() - c
@@ -442,9 +447,10 @@ def prepare_demo(out_dir: Optional[str | os.PathLike] = None, quick: bool = Fals
                               head_lr_scale=r.head_lr_scale, lr_scales=tuple(r.lr_scales),
                               warmup_epochs=r.warmup_epochs, device=str(dev),
                               seed=plan.seed)
-            train(model, train_set, val_set, cfg, run_dir, test_data=test_set, meta=meta,
-                  callbacks=[*callbacks, stages.step_callback(r.method)], resume="auto", progress=tqdm_bars)
+            res = train(model, train_set, val_set, cfg, run_dir, test_data=test_set, meta=meta,
+                        callbacks=[*callbacks, stages.step_callback(r.method)], resume="auto", progress=tqdm_bars)
             del model
+            _raise_if_stopped(res, r.method, run_dir)
         info = read_checkpoint_info(run_dir)
         timings[r.method] = time.perf_counter() - t
         cpu_timings[r.method] = time.process_time() - c
@@ -468,6 +474,15 @@ def prepare_demo(out_dir: Optional[str | os.PathLike] = None, quick: bool = Fals
     atomic_write_bytes(out / "results.md", results_markdown(results).encode())
     stages.finish(f"demo ready in {results['seconds']:.0f} s: {out}")
     return results
+
+
+def _raise_if_stopped(result, name: str, run_dir: Path) -> None:
+    """A callback stopped the run (the training state is saved): end prepare-demo here."""
+    if getattr(result, "stopped", False):
+        from .errors import TrainingStopped
+
+        raise TrainingStopped(f"{name}: stopped at step {result.steps}; running prepare-demo again resumes "
+                              f"from {run_dir / 'last.safetensors'}")
 
 
 def _origin(r: dict) -> str:

@@ -12,3 +12,7 @@ class InputError(ToastError, ValueError):
 
 class CheckpointError(ToastError, ValueError):
     """A checkpoint that cannot be read safely or does not fit the model. The message says what differs."""
+
+
+class TrainingStopped(ToastError):
+    """A run was asked to stop (a signal, a callback) and saved its state; running it again resumes."""
