@@ -406,7 +406,7 @@ def prepare_demo(out_dir: Optional[str | os.PathLike] = None, quick: bool = Fals
             cfg = TrainConfig(epochs=plan.pretune_epochs, batch_size=plan.batch_size, lr=plan.pretune_lr,
                               weight_decay=0.01, warmup_epochs=0.3, device=str(dev), seed=plan.seed)
             res = pretune(pretune_ckpt, img_size=size, data=PretuneData(n_train, max(k, n_train // 10), size, plan.seed),
-                          train_config=cfg, callbacks=[*callbacks, stages.step_callback("pretune")],
+                                train_config=cfg, callbacks=[*callbacks, stages.step_callback("pretune")],
                                 resume="auto", progress=tqdm_bars, meta={"demo_hash": p_hash})
             _raise_if_stopped(res, "pretune", pretune_ckpt)
         info = read_checkpoint_info(pretune_ckpt)
