@@ -1,5 +1,8 @@
 """``prepare-demo``: default backbone, demo task, TOAST pre-tuning and all seven trained checkpoints
-(cached ones are kept). Prints a results table at the end."""
+(cached ones are kept). Prints a results table at the end.
+
+``--background`` (the app's first start): the backbone, the task and the shipped checkpoints now, then
+the rest trains in a background process (:mod:`toast_core.background`) and the command returns."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch CPU threads (0 = auto: all cores, or half of them when the machine is "
                              "already busy, where waiting threads slow every operation down)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--background", action="store_true",
+                        help="install what ships ready (backbone, task, shipped checkpoints), then train the "
+                             "rest in a background process at lower CPU priority and return at once")
 
 
 def run(args) -> int:
@@ -31,10 +37,41 @@ def run(args) -> int:
     from ..train import resolve_device
 
     plan = plan_for(resolve_device(args.device), args.quick, args.plan) if args.plan else None
+    if args.background:
+        return _background(args, plan)
     results = prepare_demo(out_dir=args.out, quick=args.quick, device=args.device, force=args.force,
                            methods=methods, echo=True, tqdm_bars=not args.quiet, plan=plan)
     print()
     print(results_markdown(results))
+    return 0
+
+
+def _background(args, plan) -> int:
+    import time
+
+    from .. import background
+    from ..demo import prepare_demo
+
+    if args.force or args.methods or args.plan:
+        print("--background takes the default plan: --force, --methods and --plan are for the foreground run")
+        return 2
+    t0 = time.perf_counter()
+    if background.is_running(background._out(args.out, args.quick)):
+        print("prepare-demo: a background training is already running; not starting a second one")
+    else:
+        prepare_demo(out_dir=args.out, quick=args.quick, device=args.device, echo=True, tqdm_bars=not args.quiet,
+                     only_shipped=True)
+    ready = time.perf_counter() - t0
+    started = background.start(quick=args.quick, device=args.device, out=args.out)
+    if started["started"]:
+        print(f"prepare-demo: ready to open the app after {ready:.0f} s; training {', '.join(started['methods'])} "
+              f"in the background (pid {started['pid']}, log {started['log']}). The app shows its progress and "
+              "adds each model when its checkpoint is complete.", flush=True)
+    elif started["reason"] == "already running":
+        print(f"prepare-demo: background training already running (pid {started['pid']}): "
+              f"{', '.join(started['methods'])}; log {started['log']}", flush=True)
+    else:
+        print(f"prepare-demo: every demo checkpoint is in place ({ready:.0f} s)", flush=True)
     return 0
 
 
