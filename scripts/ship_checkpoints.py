@@ -1,4 +1,5 @@
-"""Copy the checkpoints trained by ``prepare-demo --plan ship`` into ``assets/checkpoints`` (float16).
+"""Copy the checkpoints trained by ``prepare-demo --plan ship`` into ``assets/checkpoints`` (float16),
+and the TOAST stage-1 checkpoint it fitted into ``assets/toast_stage1``.
 
     python -m toast_core prepare-demo --plan ship --out /tmp/ship/demo
     python scripts/ship_checkpoints.py /tmp/ship/demo
@@ -15,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from toast_core.demo import SHIPPED_METHODS  # noqa: E402
-from toast_core.shipped import SHIPPED_DIR, export_for_shipping  # noqa: E402
+from toast_core.shipped import SHIPPED_DIR, STAGE1_DIR, export_for_shipping  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -23,8 +24,11 @@ def main(argv=None) -> int:
     ap.add_argument("demo_dir", help="output folder of prepare-demo --plan ship")
     args = ap.parse_args(argv)
     src = Path(args.demo_dir)
-    for m in SHIPPED_METHODS:
-        path = export_for_shipping(src / m, SHIPPED_DIR / m)
+    jobs = [(m, src / m, SHIPPED_DIR / m) for m in SHIPPED_METHODS]
+    if (src / "pretune" / "model.safetensors").is_file():
+        jobs.append(("toast stage 1", src / "pretune", STAGE1_DIR))
+    for m, run_dir, dst in jobs:
+        path = export_for_shipping(run_dir, dst)
         size = path.stat().st_size
         print(f"{m}: {size / 1e6:.2f} MB -> {path.relative_to(ROOT)}")
         if size > 10e6:

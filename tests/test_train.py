@@ -280,8 +280,13 @@ def test_train_and_pretune_commands_on_a_folder_dataset(tmp_path):
 
     root = make_folder(tmp_path / "data")
     pre = tmp_path / "pre"
-    assert main(["pretune", "--out", str(pre), "--images", "21", "--val-images", "21", "--epochs", "1", *TINY_ARGS]) == 0
-    assert read_checkpoint_info(pre)["stage"] == "pretune"
+    assert main(["pretune", "--gradient", "--out", str(tmp_path / "grad"), "--images", "21", "--val-images", "21",
+                 "--epochs", "1", *TINY_ARGS]) == 0
+    assert read_checkpoint_info(tmp_path / "grad")["stage"] == "pretune"
+    assert main(["pretune", "--out", str(pre), "--images", "42", "--val-images", "21", *TINY_ARGS]) == 0
+    info = read_checkpoint_info(pre)
+    assert info["stage"] == "pretune" and info["stage1"]["kind"] == "least-squares"
+    assert len(info["stage1"]["diagnostics"]["layers"]) == 3
     out = tmp_path / "lite"
     assert main(["train", "--method", "toast-lite", "--data", str(root), "--out", str(out), "--epochs", "2",
                  "--pretuned", str(pre), "--option", "lite_rank=2", *TINY_ARGS]) == 0

@@ -129,6 +129,8 @@ class SteerableAttention(Attention):
         q, k, v = qkv.unbind(0)  # each (B, H, N, D)
         q, k = self.q_norm(q), self.k_norm(k)
         if dv is not None:
+            if rec is not None:
+                rec.add_value_term(self, dv, v)
             v = v + dv
 
         full = rec is not None and rec.wants_full(self)

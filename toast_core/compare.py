@@ -182,7 +182,8 @@ def checkpoint_entry(path: str | os.PathLike, device: str = "cpu", source: str =
             "total": params.get("total"), "share": params.get("share"), "accuracy": _find_accuracy(cfg),
             "class_names": _find_class_names(cfg, n), "path": str(weights),
             "sha256": sha256_file(weights) if weights.is_file() else None,
-            "backbone_weights": cfg.get("backbone_weights"), "created": cfg.get("created")}
+            "backbone_weights": cfg.get("backbone_weights"), "created": cfg.get("created"),
+            "pretuned_from": cfg.get("pretuned_from")}
     method = str(cfg.get("method") or model.method_name)
     return ModelEntry(f"ckpt:{weights}", method, method, _freeze_for_sharing(model, device),
                       source, True, info, device)
@@ -584,6 +585,9 @@ class ToastInspection:
         gate: (h, w) token selection s_i = clamp(cos(x_i, ξ), 0, 1) in [0, 1].
         td_norm: (L,) mean L2 norm of the top-down signal per layer, as applied (× td_scale).
         td_norm_trained: (L,) the same with the learned ξ and td_scale = 1.
+        value_ratio: (L,) the top-down value term against the values it is added to, per layer:
+            mean_i |W_v td_i| / mean_i |v_i| over tokens, as applied; value_ratio_trained: as trained.
+        value_ratio_max: (L,) the largest per-token ratio |W_v td_i| / |v_i|, as applied.
         predictions: top-k at this setting; predictions_trained: as trained (td_scale 1, learned ξ).
         probs, probs_trained: (classes,) probabilities.
         grid: (h, w); td_scale, xi_patch: the setting; xi_source: a human label for ξ.
@@ -596,6 +600,9 @@ class ToastInspection:
     gate: np.ndarray
     td_norm: np.ndarray
     td_norm_trained: np.ndarray
+    value_ratio: np.ndarray
+    value_ratio_trained: np.ndarray
+    value_ratio_max: np.ndarray
     predictions: list[tuple[str, float]]
     predictions_trained: list[tuple[str, float]]
     probs: np.ndarray
@@ -628,16 +635,33 @@ def inspect_toast(entry: ModelEntry, image: Image.Image, *, kind: str = "cls", h
     strip = lambda p: np.stack([map_of(rec, kind, i, head, p) for i in range(rec.num_layers)])  # noqa: E731
     gate = _to_numpy(rec.result.gate[0]) if rec.result.gate is not None else np.zeros(rec.grid)
     td = _to_numpy(rec.result.td_norm[:, 0]) * abs(td_scale)
+    n_layers = rec.num_layers
+
+    def ratio(r, key):  # td_scale 0 steers nothing: no value term is added, the ratio is 0
+        value = getattr(r.result, key)
+        return np.zeros(n_layers) if value is None else _to_numpy(value[:, 0])
     names = entry.class_names
     return ToastInspection(
         name=entry.name, kind=kind, bottom_up=strip(first), top_down=strip(last), gate=gate, td_norm=td,
         td_norm_trained=_to_numpy(trained.result.td_norm[:, 0]),
+        value_ratio=ratio(rec, "value_ratio"), value_ratio_trained=ratio(trained, "value_ratio"),
+        value_ratio_max=ratio(rec, "value_ratio_max"),
         predictions=top_predictions(rec.probs, names, top_k),
         predictions_trained=top_predictions(trained.probs, names, top_k),
         probs=rec.probs, probs_trained=trained.probs, grid=rec.grid, td_scale=float(td_scale),
         xi_patch=rec.xi_patch,
         xi_source="learned ξ" if xi_patch is None else
         f"bottom-up token of patch (row {xi_patch[0]}, col {xi_patch[1]})")
+
+
+def stage1_table(stage1: dict) -> str:
+    """A TOAST checkpoint's stage-1 record (``pretuned_from.stage1``) as a markdown table."""
+    from .stage1 import diagnostics_markdown
+
+    settings = stage1.get("settings") or {}
+    head = (f"{stage1.get('kind', '?')} fit, td gain {settings.get('td_gain', '?')}, "
+            f"{settings.get('n_fit', '?')} generic crops at {settings.get('image_size', '?')} px.\n\n")
+    return head + diagnostics_markdown(stage1["diagnostics"])
 
 
 # ------------------------------------------------------------------------------------------------

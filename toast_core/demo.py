@@ -3,7 +3,7 @@
 One call builds everything the app's first start needs, in ``toast_home()/demo/`` (``demo-quick/`` for
 ``quick=True``)::
 
-    pretune/model.safetensors      TOAST stage 1 on generic photo crops (initialises toast, toast-lite)
+    pretune/model.safetensors      TOAST stage 1, least squares on generic photo crops (initialises toast, toast-lite)
     <method>/model.safetensors     one trained checkpoint per method (+ config.json, last.safetensors)
     results.json, results.md       test accuracy, trainable share and time per method
 
@@ -32,6 +32,7 @@ from PIL import Image
 
 from .cache import atomic_write_bytes, toast_home
 from .errors import ToastError
+from .pretune import Stage1Config
 
 DEMO_VERSION = "1"
 Progress = Callable[[float, str], None]
@@ -55,6 +56,7 @@ class MethodRecipe:
     warmup_epochs: float = 0.5
     options: tuple = ()  # method config as (name, value) pairs
     lr_scales: tuple = ()  # (parameter-name prefix, lr multiplier) pairs, see TrainConfig.lr_scales
+    relative_lr: tuple = ()  # parameter-name prefixes trained at lr × their RMS, see TrainConfig.relative_lr
     pretuned: bool = False  # initialise the top-down module from the stage-1 checkpoint
 
 
@@ -68,7 +70,8 @@ class DemoPlan:
         task: the generated dataset (``DemoTaskConfig``); images are resized to ``image_size``.
         n_train: training images used (the first n of the task's train split).
         batch_size: images per step.
-        pretune_images, pretune_epochs, pretune_lr: TOAST stage 1 on generic photo crops.
+        stage1: TOAST stage 1, the least-squares fit of the top-down module on generic photo crops
+            (its ``image_size`` and ``seed`` are replaced by the plan's).
         recipes: one per method, in the order trained.
         shipped: methods taken from the repository's shipped checkpoints when those fit this machine's
             backbone and task (else trained with their recipe).
@@ -79,9 +82,7 @@ class DemoPlan:
     task: Any
     n_train: int
     batch_size: int
-    pretune_images: int
-    pretune_epochs: int
-    pretune_lr: float
+    stage1: Stage1Config
     recipes: tuple
     seed: int = 0
     shipped: tuple = ()  # methods installed from assets/checkpoints when they fit (see toast_core.shipped)
@@ -132,17 +133,17 @@ def plan_for(device: str | torch.device = "cpu", quick: bool = False, name: Opti
         name = "quick" if quick else "gpu" if dev.type == "cuda" else "cpu"
     if name == "quick":
         return DemoPlan("quick", image_size=56, task=DemoTaskConfig.quick(), n_train=24, batch_size=12,
-                        pretune_images=42, pretune_epochs=1, pretune_lr=1e-3, recipes=_recipes(1, 2))
+                        stage1=Stage1Config(n_fit=42, n_held_out=21), recipes=_recipes(1, 2))
     if name == "gpu":
         return DemoPlan("gpu", image_size=224, task=DemoTaskConfig(), n_train=1000, batch_size=32,
-                        pretune_images=1050, pretune_epochs=2, pretune_lr=1e-3, recipes=_recipes(7, 60))
+                        stage1=Stage1Config(), recipes=_recipes(7, 60))
     if name == "ship":
         return DemoPlan("ship", image_size=112, task=DemoTaskConfig(), n_train=1000, batch_size=32,
-                        pretune_images=630, pretune_epochs=2, pretune_lr=1e-3,
+                        stage1=Stage1Config(),
                         recipes=tuple(r for r in _recipes(4, 60) if r.method in SHIPPED_METHODS))
     ft = dataclasses.replace(_recipes(3, 60)[1], lr=1e-4)
     return DemoPlan("cpu", image_size=112, task=DemoTaskConfig(), n_train=1000, batch_size=32,
-                    pretune_images=630, pretune_epochs=2, pretune_lr=1e-3,
+                    stage1=Stage1Config(),
                     recipes=tuple(r for r in _recipes(4, 60) if r.method in SHIPPED_METHODS) + (ft,),
                     shipped=SHIPPED_METHODS)
 
@@ -316,7 +317,7 @@ def prepare_demo(out_dir: Optional[str | os.PathLike] = None, quick: bool = Fals
     from .default_backbone import default_backbone_sha256, ensure_default_backbone
     from .methods import available_methods
     from .models import build_model, data_config
-    from .pretune import GENERIC_PHOTOS, PretuneData, init_from_pretuned, pretune
+    from .pretune import init_from_pretuned, pretune_least_squares
     from .train import TrainConfig, resolve_device, train
 
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -393,34 +394,37 @@ def prepare_demo(out_dir: Optional[str | os.PathLike] = None, quick: bool = Fals
     need_pretune = any(r.pretuned and r.method not in shipped_ok for r in recipes)
     pretune_ckpt = out / "pretune"
     if need_pretune:
-        stages.start("pretune", "TOAST stage 1: pre-tuning the top-down module on generic photo crops")
-        p_hash = _hash({**base_hash, "pretune": [plan.pretune_images, plan.pretune_epochs, plan.pretune_lr]})
+        stages.start("pretune", "TOAST stage 1: fitting the top-down module to the backbone on generic photo crops")
+        s1 = dataclasses.replace(plan.stage1, image_size=size, seed=plan.seed)
+        p_hash = _hash({**base_hash, "stage1": s1.to_dict()})
         t, c = time.perf_counter(), time.process_time()
         cached = not force and is_complete_checkpoint(pretune_ckpt) and \
             read_checkpoint_info(pretune_ckpt).get("demo_hash") == p_hash
+        source = "cached" if cached else "fitted"
         if not cached:
-            if force:
-                (pretune_ckpt / "last.safetensors").unlink(missing_ok=True)
-            k = len(GENERIC_PHOTOS)
-            n_train = max(k, plan.pretune_images // k * k)
-            cfg = TrainConfig(epochs=plan.pretune_epochs, batch_size=plan.batch_size, lr=plan.pretune_lr,
-                              weight_decay=0.01, warmup_epochs=0.3, device=str(dev), seed=plan.seed)
-            res = pretune(pretune_ckpt, img_size=size, data=PretuneData(n_train, max(k, n_train // 10), size, plan.seed),
-                                train_config=cfg, callbacks=[*callbacks, stages.step_callback("pretune")],
-                                resume="auto", progress=tqdm_bars, meta={"demo_hash": p_hash})
-            _raise_if_stopped(res, "pretune", pretune_ckpt)
+            from .shipped import install_stage1, shipped_stage1_fits
+
+            if not force and shipped_stage1_fits(s1, backbone_sha):
+                install_stage1(pretune_ckpt, meta={"demo_hash": p_hash})
+                source = "shipped"
+            else:
+                pretune_least_squares(pretune_ckpt, config=s1, meta={"demo_hash": p_hash},
+                                      progress=lambda f, text: stages.say(text, f, echo=False))
         info = read_checkpoint_info(pretune_ckpt)
         timings["pretune"] = time.perf_counter() - t
         cpu_timings["pretune"] = time.process_time() - c
-        results["pretune"] = {"val_acc": (info.get("history") or [{}])[-1].get("val_acc"),
-                              "seconds": info.get("train_seconds"), "cached": cached, "path": info["path"]}
-        stages.say(f"pre-tuning {'cached' if cached else 'done'}: generic val accuracy "
-                   f"{results['pretune']['val_acc'] or 0:.3f}")
+        layers = ((info.get("stage1") or {}).get("diagnostics") or {}).get("layers") or []
+        r2 = min((r["r2_reconstruction"] for r in layers), default=float("nan"))
+        results["pretune"] = {"kind": (info.get("stage1") or {}).get("kind"), "min_r2": r2,
+                              "seconds": (info.get("stage1") or {}).get("seconds"), "cached": cached,
+                              "source": source, "path": info["path"]}
+        stages.say(f"stage 1 {source}: held-out reconstruction R² ≥ {r2:.3f} on every block")
 
     for r in recipes:
         stages.start(r.method, f"training {r.method}")
         run_dir = out / r.method
-        recipe = {k: v for k, v in dataclasses.asdict(r).items() if k != "lr_scales" or v}  # stable hashes
+        recipe = {k: v for k, v in dataclasses.asdict(r).items()
+                  if k not in ("lr_scales", "relative_lr") or v}  # stable hashes
         t, c = time.perf_counter(), time.process_time()
         source = "trained"
         if r.method in shipped_ok:
@@ -445,6 +449,7 @@ def prepare_demo(out_dir: Optional[str | os.PathLike] = None, quick: bool = Fals
             cfg = TrainConfig(epochs=r.epochs, batch_size=plan.batch_size, lr=r.lr, optimizer=r.optimizer,
                               weight_decay=r.weight_decay,
                               head_lr_scale=r.head_lr_scale, lr_scales=tuple(r.lr_scales),
+                              relative_lr=tuple(r.relative_lr),
                               warmup_epochs=r.warmup_epochs, device=str(dev),
                               seed=plan.seed)
             res = train(model, train_set, val_set, cfg, run_dir, test_data=test_set, meta=meta,
@@ -505,6 +510,6 @@ def results_markdown(results: dict) -> str:
                      f"{'—' if secs is None else f'{secs:.0f}'}{_origin(r)} |")
     if results.get("pretune"):
         p = results["pretune"]
-        lines += ["", f"TOAST pre-tuning (generic photo crops): val accuracy "
-                      f"{100 * (p.get('val_acc') or 0):.1f}%, {p.get('seconds') or 0:.0f} s."]
+        lines += ["", f"TOAST stage 1 ({p.get('kind') or 'gradient'} fit on generic photo crops, {p.get('source')}): "
+                      f"held-out reconstruction R² ≥ {p.get('min_r2', float('nan')):.3f} on every block."]
     return "\n".join(lines) + "\n"

@@ -252,5 +252,97 @@ def init_from_pretuned(model, path: str | os.PathLike) -> dict:
     with torch.no_grad():
         for k, v in mapped.items():
             state[k].copy_(v.to(state[k].dtype))
-    return {"path": str(Path(info["path"]).resolve()), "sha256": sha256_file(info["path"]),
-            "run_hash": info.get("run_hash"), "val": (info.get("history") or [{}])[-1].get("val_acc")}
+    out = {"path": str(Path(info["path"]).resolve()), "sha256": sha256_file(info["path"]),
+           "run_hash": info.get("run_hash"), "val": (info.get("history") or [{}])[-1].get("val_acc")}
+    if info.get("stage1"):
+        out["stage1"] = info["stage1"]  # the least-squares fit's settings and held-out diagnostics
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Stage 1 by least squares (the default): toast_core.stage1
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class Stage1Config:
+    """The least-squares stage 1 (:func:`toast_core.stage1.fit_topdown`) on generic photo crops.
+
+    Attributes:
+        n_fit: crops the maps are fitted on; n_held_out: crops (another split) the diagnostics use.
+        image_size: crop side (the model's input side).
+        td_gain: B_l maps h_l to td_gain × (norm1(in_l) − β_l).
+        ridge: λ relative to each Gram matrix's mean diagonal.
+    """
+
+    n_fit: int = 1050
+    n_held_out: int = 210
+    image_size: int = 112
+    td_gain: float = 2.0
+    ridge: float = 1e-3
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        import dataclasses
+
+        return dataclasses.asdict(self)
+
+
+def pretune_least_squares(out_dir: str | os.PathLike, *, config: Optional[Stage1Config] = None,
+                          backbone: Optional[str] = None, pretrained: Any = True,
+                          backbone_kwargs: Optional[dict] = None, meta: Optional[dict] = None,
+                          progress=None) -> dict:
+    """Stage 1 of TOAST as its exact minimiser: fit the top-down module (:mod:`toast_core.stage1`) on
+    generic photo crops, measure it on held-out crops, and save it as a stage-1 checkpoint (method
+    ``toast``, stage ``pretune``) that :func:`init_from_pretuned` reads.
+
+    Returns:
+        the checkpoint config (``stage1`` holds the settings, the per-layer diagnostics and the time).
+    """
+    import time
+
+    from .backbones import DEFAULT_BACKBONE
+    from .checkpoints import build_without_init, read_checkpoint_info, save_checkpoint
+    from .models import data_config
+    from .stage1 import STAGE1_KIND, fit_topdown, stage1_diagnostics
+
+    cfg = config or Stage1Config()
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    model = build_without_init("toast", backbone=backbone or DEFAULT_BACKBONE, num_classes=len(GENERIC_PHOTOS),
+                               pretrained=pretrained, img_size=cfg.image_size, backbone_kwargs=backbone_kwargs)
+    dc = data_config(model)
+    mean, std = tuple(dc["mean"]), tuple(dc["std"])
+    fit_set = GenericPhotoCrops(cfg.n_fit, cfg.image_size, cfg.seed, "train", mean, std)
+    held_out = GenericPhotoCrops(cfg.n_held_out, cfg.image_size, cfg.seed, "val", mean, std)
+
+    def fit_progress(fraction, text):
+        if progress:
+            progress(0.85 * fraction, text)
+
+    tensors = fit_topdown(model, fit_set.images, mean=mean, std=std, td_gain=cfg.td_gain, ridge=cfg.ridge,
+                          progress=fit_progress)
+    state = model.state_dict()
+    with torch.no_grad():
+        for k, v in tensors.items():
+            state[k].copy_(v)
+    if progress:
+        progress(0.9, "stage 1: diagnostics on held-out crops")
+    diag = stage1_diagnostics(model, held_out.images, tensors, mean=mean, std=std)
+    seconds = time.perf_counter() - t0
+    record = {"kind": STAGE1_KIND, "settings": cfg.to_dict(), "diagnostics": diag, "seconds": round(seconds, 1)}
+    meta = {"stage": "pretune", "complete": True, "classes": fit_set.class_names, "stage1": record,
+            "run_hash": hashlib.sha256(json_dumps({"stage1": cfg.to_dict(), "fit": fit_set.manifest_sha256,
+                                                   "backbone": backbone or DEFAULT_BACKBONE}).encode()).hexdigest()[:16],
+            "data": {"kind": "generic-photo-crops", "image_size": cfg.image_size, "mean": list(mean), "std": list(std),
+                     "n_train": cfg.n_fit, "n_val": cfg.n_held_out, "seed": cfg.seed,
+                     "manifest_sha256": fit_set.manifest_sha256}, **(meta or {})}
+    save_checkpoint(model, out_dir, meta)
+    if progress:
+        progress(1.0, f"stage 1 fitted in {seconds:.0f} s")
+    return read_checkpoint_info(out_dir)
+
+
+def json_dumps(obj) -> str:
+    import json
+
+    return json.dumps(obj, sort_keys=True, default=str)

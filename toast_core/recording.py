@@ -69,6 +69,18 @@ class AttentionRecorder:
     def add_extra(self, name: str, value: torch.Tensor) -> None:
         self.extras[name] = self._keep(value)
 
+    def add_value_term(self, module, dv: torch.Tensor, v: torch.Tensor) -> None:
+        """TOAST: the top-down value term ``dv`` against the values ``v`` it is added to, both (B, H, N, D).
+
+        Keeps, per layer and image, mean_i |dv_i| / mean_i |v_i| and max_i |dv_i| / |v_i| over tokens i
+        (norms over all heads' channels, so W_v·td against W_v·norm1(x) + b_v).
+        """
+        dn = dv.detach().float().pow(2).sum(dim=(1, 3)).sqrt()  # (B, N)
+        vn = v.detach().float().pow(2).sum(dim=(1, 3)).sqrt()
+        mean = dn.mean(-1) / vn.mean(-1).clamp_min(1e-12)
+        top = (dn / vn.clamp_min(1e-12)).amax(-1)
+        self.extras.setdefault("_value_ratio", []).append(torch.stack([mean, top]))
+
     # -- called by the attention layer ---------------------------------------------------------
     def wants_full(self, module) -> bool:
         return self.full
@@ -120,6 +132,9 @@ class AttentionResult:
         logits: (B, classes).
         gate: TOAST token-selection map (B, h, w) or None.
         td_norm: TOAST per-layer mean L2 norm of the top-down signal (L, B) or None.
+        value_ratio: TOAST per-layer size of the top-down value term against the values it is added
+            to, mean_i |W_v td_i| / mean_i |v_i| over tokens (L, B), or None.
+        value_ratio_max: the same per token, max_i |W_v td_i| / |v_i| (L, B), or None.
         grid, num_prefix_tokens, num_prompt_tokens: the token layout, read from the model.
     """
 
@@ -136,6 +151,8 @@ class AttentionResult:
     num_prompt_tokens: int
     gate: Optional[torch.Tensor] = None
     td_norm: Optional[torch.Tensor] = None
+    value_ratio: Optional[torch.Tensor] = None
+    value_ratio_max: Optional[torch.Tensor] = None
 
     @property
     def final_pass(self) -> str:
@@ -217,4 +234,12 @@ def extract_attention(model: torch.nn.Module, images: torch.Tensor, *, full: boo
         prompt_mass=pick("prompt_mass"), token_norm=pick("token_norm"),
         full=pick("full") if full else None, logits=logits if keep_grad else logits.detach(),
         grid=first[0], num_prefix_tokens=first[1], num_prompt_tokens=first[2],
-        gate=rec.extras.get("gate"), td_norm=rec.extras.get("td_norm"))
+        gate=rec.extras.get("gate"), td_norm=rec.extras.get("td_norm"),
+        **_value_ratios(rec.extras.get("_value_ratio")))
+
+
+def _value_ratios(per_layer: Optional[list]) -> dict:
+    if not per_layer:
+        return {}
+    stacked = torch.stack(per_layer)  # (L, 2, B)
+    return {"value_ratio": stacked[:, 0], "value_ratio_max": stacked[:, 1]}

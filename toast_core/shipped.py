@@ -86,3 +86,47 @@ def export_for_shipping(run_dir: str | os.PathLike, dst: str | os.PathLike, dtyp
     cfg.setdefault("data", {})["dataset"] = None
     cfg["shipped_dtype"] = str(dtype).replace("torch.", "")
     return _write(tensors, cfg, Path(dst))
+
+
+# ------------------------------------------------------------------------------------------------
+# TOAST's stage 1 (the least-squares top-down module), shipped beside the checkpoints
+# ------------------------------------------------------------------------------------------------
+
+#: ``assets/toast_stage1/``: the stage-1 checkpoint fitted by ``prepare-demo`` (float16, ~7 MB)
+STAGE1_DIR = SHIPPED_DIR.parent / "toast_stage1"
+
+
+def shipped_stage1() -> Optional[Path]:
+    """The shipped stage-1 directory (``$TOAST_SHIPPED_DIR/../toast_stage1`` when that is set), or None."""
+    d = shipped_dir().parent / "toast_stage1" if os.environ.get("TOAST_SHIPPED_DIR") else STAGE1_DIR
+    return d if (d / "model.safetensors").is_file() else None
+
+
+def stage1_mismatch(cfg: dict, settings: dict, backbone_sha256: str) -> Optional[str]:
+    """Why a shipped stage-1 checkpoint (config ``cfg``) does not fit; None when it was fitted with
+    ``settings`` (a :class:`toast_core.pretune.Stage1Config` as a dict) on these backbone weights."""
+    if not cfg.get("complete") or cfg.get("stage") != "pretune":
+        return "it is not a finished stage-1 checkpoint"
+    got = (cfg.get("backbone_weights") or {}).get("sha256")
+    if got != backbone_sha256:
+        return f"it was fitted on other backbone weights (sha256 {str(got)[:12]} vs local {backbone_sha256[:12]})"
+    if ((cfg.get("stage1") or {}).get("settings") or {}) != settings:
+        return "it was fitted with other stage-1 settings"
+    return None
+
+
+def shipped_stage1_fits(settings, backbone_sha256: str) -> bool:
+    """Whether the shipped stage-1 checkpoint can stand in for fitting ``settings`` here."""
+    from .checkpoints import read_checkpoint_info
+
+    src = shipped_stage1()
+    return src is not None and stage1_mismatch(read_checkpoint_info(src), settings.to_dict(), backbone_sha256) is None
+
+
+def install_stage1(dst: Path, meta: Optional[dict] = None) -> dict:
+    """Copy the shipped stage-1 checkpoint into ``dst`` (float32 again), adding ``meta``."""
+    tensors, cfg = _read(shipped_stage1())
+    tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    cfg.update(meta or {}, installed_from="assets/toast_stage1")
+    _write(tensors, cfg, Path(dst))
+    return cfg

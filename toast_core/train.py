@@ -67,10 +67,13 @@ class TrainConfig:
         weight_decay: applied to matrices; biases, norms and 1-D parameters (ξ) get none.
         head_lr_scale: the classifier head's learning rate = ``lr * head_lr_scale`` (useful for full
             fine-tuning, where the backbone wants a much lower rate than a fresh head).
-        lr_scales: ``((name_prefix, scale), ...)``: parameters whose name starts with a prefix (first
-            match) train at ``lr * scale``, e.g. ``(("prompt", 100.0),)`` for TOAST's ξ, a unit-free
+        lr_scales: ``((name_prefix, scale), ...)``: parameters whose name starts with a prefix or matches
+            it as a glob (first match) train at ``lr * scale``, e.g. ``(("prompt", 100.0),)`` for TOAST's ξ, a unit-free
             direction that barely turns at the rate of the feedback matrices. The head keeps
             ``head_lr_scale``.
+        relative_lr: name prefixes whose parameters' rate is also multiplied by the parameter's RMS when
+            training starts, so Adam changes them by the same fraction per step whatever their scale
+            (TOAST's B_l, fitted in stage 1 to norms from 100 to 1500, e.g. ``("decoders",)``).
         warmup_epochs: linear warm-up length (fractions allowed), then cosine decay to ``min_lr_ratio * lr``.
         label_smoothing: of the cross-entropy.
         grad_clip: max global gradient norm (0 = off).
@@ -93,6 +96,7 @@ class TrainConfig:
     momentum: float = 0.9
     head_lr_scale: float = 1.0
     lr_scales: tuple = ()
+    relative_lr: tuple = ()
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.0
     label_smoothing: float = 0.0
@@ -129,6 +133,8 @@ class TrainConfig:
         d = self.to_dict()
         for k in ("device", "num_workers", "eval_batch_size", "save_every_steps"):
             d.pop(k)
+        if not d["relative_lr"]:  # added later: runs without it keep their signature
+            d.pop("relative_lr")
         return d
 
 
@@ -339,6 +345,13 @@ class _TrainStep(nn.Module):
 # Optimizer
 # ------------------------------------------------------------------------------------------------
 
+def name_matches(name: str, pattern: str) -> bool:
+    """A parameter name matches a prefix (``"prompt"``) or a glob (``"decoders.*.linear2.*"``)."""
+    import fnmatch
+
+    return name.startswith(pattern) or fnmatch.fnmatchcase(name, pattern)
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Optimizer over the parameters that require grad, in up to four groups (decay / no decay ×
     head / rest); each group's ``lr_scale`` multiplies the scheduled rate."""
@@ -354,7 +367,10 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         if id(p) in head_ids:
             kind, scale = "head", cfg.head_lr_scale
         else:
-            kind, scale = next(((pre, sc) for pre, sc in cfg.lr_scales if name.startswith(pre)), ("body", 1.0))
+            kind, scale = next(((pre, sc) for pre, sc in cfg.lr_scales if name_matches(name, pre)), ("body", 1.0))
+        if any(name_matches(name, pre) for pre in cfg.relative_lr):
+            # one group per parameter; a resumed run restores the saved groups' lr_scale
+            kind, scale = name, scale * float(p.detach().float().pow(2).mean().sqrt())
         groups.setdefault((decay, kind, float(scale)), []).append(p)
     if not groups:
         raise TrainingError("the model has no trainable parameters (nothing requires grad)")

@@ -1,5 +1,6 @@
 """TOAST inspector: first (bottom-up) vs second (top-down) pass per layer, the gate map (token
-selection), the size of the top-down signal per layer, and live steering: scale the top-down signal
+selection), the size of the top-down value term against the values it is added to per layer, the
+stage-1 diagnostics of the feedback path, and live steering: scale the top-down signal
 and take ξ from a clicked patch.
 
 Stable keys: ``ins-bottom-up`` (clickable plotly map: click a patch to take ξ from it),
@@ -120,13 +121,18 @@ with c_gate:
     st.caption(f"mean gate {insp.gate.mean():.3f}")
 
 layers = [f"L{i + 1}" for i in range(len(insp.td_norm))]
-chart = go.Figure([go.Bar(x=layers, y=insp.td_norm, name=f"applied (× {td_scale:.2f}, {insp.xi_source})"),
-                   go.Bar(x=layers, y=insp.td_norm_trained, name="as trained")])
-chart.update_layout(barmode="group", height=260, margin={"l": 4, "r": 4, "t": 30, "b": 4},
-                    title={"text": "Size of the top-down signal per layer (mean L2 norm)"},
-                    legend={"orientation": "h", "y": -0.2})
+chart = go.Figure([go.Bar(x=layers, y=100 * insp.value_ratio, name=f"applied (× {td_scale:.2f}, {insp.xi_source})"),
+                   go.Bar(x=layers, y=100 * insp.value_ratio_trained, name="as trained"),
+                   go.Scatter(x=layers, y=100 * insp.value_ratio_max, name="largest token (applied)", mode="markers")])
+chart.update_layout(barmode="group", height=280, margin={"l": 4, "r": 4, "t": 30, "b": 4},
+                    title={"text": "Size of the top-down term against the values it is added to: "
+                                   "mean |W_v·td| / mean |v| per layer (%)"},
+                    yaxis={"title": "% of |v|"}, legend={"orientation": "h", "y": -0.2})
 st.plotly_chart(chart, key="ins-td-chart", config={"displayModeBar": False})
-
+stage1 = ((entry.info or {}).get("pretuned_from") or {}).get("stage1") or {}
+if stage1.get("diagnostics"):
+    with st.expander("Stage 1: how well the feedback path inverts the backbone (held-out generic crops)"):
+        st.markdown(cmp.stage1_table(stage1))
 st.subheader("First vs second pass, every layer")
 thumbs_lo, thumbs_hi = render.color_scale(list(insp.bottom_up) + list(insp.top_down), mode="shared")[0]
 small = cmp.display_array(image, 192)

@@ -25,9 +25,10 @@ layers are 0-based block indices; ``pass`` is ``main`` or TOAST's ``bottom-up`` 
 ``target_area`` / ``distractor_area`` are the shares of the image the objects cover (what a uniform map's
 energies would be: the chance level).
 TOAST models add ``gate_energy_target`` / ``gate_energy_distractors`` (the share of the token-selection
-map s = clamp(cos(x_i, ξ), 0, 1) on the target / distractors; per image) and ``td_ratio`` (the mean
-norm of the top-down signal fed to block l, times ``td_scale``, over the mean norm of the bottom-up
-patch tokens leaving block l); NaN for other methods.
+map s = clamp(cos(x_i, ξ), 0, 1) on the target / distractors; per image) and ``td_ratio`` (the size of
+the top-down term against what it is added to: mean_i |W_v·td_l,i| over mean_i |v_l,i|, the values of
+block l in the top-down pass, with ``td_scale`` applied); NaN for other methods. (Until 2026-12 it
+divided |td_l| by the residual-stream tokens, 1–10 in DINOv2, while td is added beside norm1(x), 18–40.)
 
 The package: ``options`` (kinds, columns, specs), ``geometry`` (per-image geometry, vectorised metrics,
 rollout), ``datasets``, ``engine`` (:func:`run_analysis`), ``tables`` (CSV, summaries) and ``plots``

@@ -142,10 +142,8 @@ def _batch_rows(name, model, res, images, G, chosen, kinds, ids, labels, probs, 
     if res.gate is not None:  # TOAST: where the token selection looks, and how large the steering is
         gm = batch_map_metrics(res.gate.float().cpu(), G)
         gate_t, gate_d = gm["energy_target"], gm["energy_distractors"]
-    if res.td_norm is not None:
-        tok = res.token_norm[res.passes[0]][chosen].float().mean(dim=(-1, -2))  # (nl, B) bottom-up tokens
-        scale = float(fkw.get("td_scale", 1.0))
-        td_ratio = (abs(scale) * res.td_norm[chosen].float() / tok.clamp_min(1e-12)).cpu().numpy()
+    if res.value_ratio is not None:  # |W_v td| against the values it is added to (td_scale applied)
+        td_ratio = res.value_ratio[chosen].float().cpu().numpy()
     rows = []
     for pass_name in res.passes:
         pm = res.prefix_mass[pass_name][chosen].cpu().numpy()  # (nl, B)

@@ -160,7 +160,7 @@ _HEADLINE_COLS = [("accuracy", "accuracy"), ("energy_target_last", "E target (la
                   ("pointing_hit", "pointing (last)"), ("iou", "IoU (last)"), ("auc", "AUC (last)"),
                   ("part_hit", "part hit (last)"), ("deletion_auc", "deletion AUC ↓"),
                   ("insertion_auc", "insertion AUC ↑"), ("gate_energy_target", "TOAST gate E target"),
-                  ("td_ratio_layers", "TOAST |td|/|x| (layer mean)")]
+                  ("td_ratio_layers", "TOAST |W_v td|/|v| (layer mean)")]
 
 
 def _fmt(t: tuple) -> str:
@@ -193,4 +193,9 @@ def summary_markdown(rows, kinds: Optional[Sequence[str]] = None, title: str = "
         for t in table:
             lines.append(f"| {t['method']} | " + " | ".join(_fmt(t[k]) for k, _ in cols) + " |")
         lines.append("")
+    from .steering import steering_markdown
+
+    steer = steering_markdown(recs, n_boot)
+    if steer:
+        lines += [steer]
     return "\n".join(lines)

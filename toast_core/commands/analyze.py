@@ -31,6 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "CUB-200-2011 folder, or an image folder with masks (default with --demo: the default task)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--split", default="test", help="dataset split (default: test)")
+    parser.add_argument("--fresh-seed", type=int, metavar="N",
+                        help="analyse a freshly generated test split of the default task with seed N (a seed "
+                             "never used for training: the checkpoints' task uses seed 0)")
+    parser.add_argument("--fresh-images", type=int, default=300, help="images in the --fresh-seed split")
     parser.add_argument("--layers", default="all", help="'all', 'last' or 0-based indices such as 0,5,11")
     parser.add_argument("--kinds", default="cls,rollout,token_norm", help="map kinds, comma-separated")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -81,6 +85,23 @@ def _checkpoint_task_dir(models: dict) -> Path | None:
         if config is not None:
             return ensure_demo_task(config)
     return None
+
+
+def _fresh_task_dir(models: dict, seed: int, n: int) -> Path:
+    """A test split of the default task (the checkpoints' task config when recorded) with another seed."""
+    import dataclasses
+
+    from ..data import DemoTaskConfig, ensure_demo_task
+
+    base = DemoTaskConfig()
+    for m in models.values():
+        data = (getattr(m, "checkpoint_info", None) or {}).get("data")
+        if isinstance(data, dict) and isinstance(data.get("task_config"), dict):
+            base = DemoTaskConfig.from_dict(data["task_config"])
+            break
+    if seed == base.seed:
+        raise InputError(f"--fresh-seed {seed} is the seed the checkpoints were trained on; pick another")
+    return ensure_demo_task(dataclasses.replace(base, seed=seed, n_train=1, n_val=0, n_test=n))
 
 
 def _models_from_checkpoints(paths: list[Path]) -> dict:
@@ -151,7 +172,10 @@ def run(args) -> int:
     max_images = args.max_images if args.max_images is not None else (12 if args.quick else None)
     ckpts = [Path(p) for p in args.checkpoints] if args.checkpoints else (demo_checkpoints() if args.demo else [])
     models = _models_from_checkpoints(ckpts) if ckpts else {}
-    if args.data:
+    if args.fresh_seed is not None:
+        data_dir = _fresh_task_dir(models, args.fresh_seed, args.fresh_images)
+        args.split = "test"
+    elif args.data:
         data_dir = Path(args.data)
     elif args.checkpoints:
         data_dir = _checkpoint_task_dir(models)

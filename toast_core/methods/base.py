@@ -43,10 +43,15 @@ def get_method(name: str) -> type["TransferModel"]:
         raise ValueError(f"unknown method '{name}'; available: {', '.join(available_methods())}") from None
 
 
+#: the built-in methods' listing order, whichever module was imported first
+_BUILT_IN_ORDER = ("linear", "finetune", "lora", "vpt-shallow", "vpt-deep", "toast", "toast-lite")
+
+
 def available_methods() -> list[str]:
-    """Registered method names, in registration order."""
+    """Registered method names: the built-in ones in a fixed order, then others in registration order."""
     _ensure_loaded()
-    return list(_REGISTRY)
+    rank = {name: i for i, name in enumerate(_BUILT_IN_ORDER)}
+    return sorted(_REGISTRY, key=lambda n: rank.get(n, len(rank)))
 
 
 def _ensure_loaded() -> None:

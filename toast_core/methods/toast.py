@@ -3,12 +3,13 @@
 Inference, for a ViT with L blocks and width C:
 
 1. bottom-up pass through the frozen backbone → output tokens X (B, N, C) after the final norm;
-2. token selection s_i = clamp(cos(x_i, ξ), 0, 1), x̃_i = s_i·x_i; channel selection z = P x̃;
+2. token selection s_i = clamp(cos(x_i, ξ), 0, 1), x̃_i = s_i·x_i; channel selection z = x̃·P with
+   tokens as rows (the authors' convention: z_i = Pᵀ x̃_i per token, so their P imports unchanged);
 3. feedback path from the top block down: h_L = z, h_l = A_l h_{l+1}, td_l = B_l h_l;
 4. top-down pass through the same blocks with V ← V + W_v td_l in block l; classify from it.
 
 Steps 2–4 are linear in the gated tokens x̃, so for large batches the path is folded into one C×C
-matrix per block, W_v B_l A_l ⋯ A_{L-1} P (:func:`feedback_operators`, :func:`fold_pays`).
+matrix per block, W_v B_l A_l ⋯ A_{L-1} Pᵀ (:func:`feedback_operators`, :func:`fold_pays`).
 
 TOAST trains A_l, B_l, ξ and the head (P frozen); TOAST-Lite trains rank-4 LoRA updates on every
 A_l and B_l, ξ, P and the head. Parameter names follow the authors' checkpoint layout
@@ -85,13 +86,15 @@ def feedback_states(z: torch.Tensor, decoders: nn.ModuleList) -> list[torch.Tens
 
 
 def feedback_operators(decoders: nn.ModuleList, transform: torch.Tensor, scale: float = 1.0) -> list[torch.Tensor]:
-    """F_l = scale·B_l A_l A_{l+1} … A_{L-1} P for every block l: td_l = F_l x̃ as one C×C matrix each.
+    """F_l = scale·B_l A_l A_{l+1} … A_{L-1} Pᵀ for every block l: td_l = F_l x̃ as one C×C matrix each.
+
+    ``transform`` is P in the authors' convention (z = x̃·P with tokens as rows, i.e. z_i = Pᵀ x̃_i).
 
     The whole feedback path is linear (no biases, LoRA updates included), so the top-down signal of
     block l is one matrix applied to the gated tokens. Forming the L matrices costs 4·L·C³ FLOPs.
     """
     ops = [None] * len(decoders)
-    chain = transform * scale if scale != 1.0 else transform
+    chain = transform.t() * scale if scale != 1.0 else transform.t()
     for l in range(len(decoders) - 1, -1, -1):
         chain = decoders[l].linear.weight @ chain
         ops[l] = decoders[l].linear2.weight @ chain
@@ -150,7 +153,7 @@ class _TOASTBase(TransferModel):
     def top_down(self, tokens: torch.Tensor, xi: Optional[torch.Tensor] = None,
                  grid: Optional[tuple] = None) -> list[torch.Tensor]:
         """Steps 2–3: the per-block top-down signals td_l = B_l h_l from the bottom-up output tokens."""
-        z = self._gated(tokens, xi, grid) @ self.top_down_transform.t()
+        z = self._gated(tokens, xi, grid) @ self.top_down_transform  # z = x̃·P (tokens as rows)
         td = [dec.linear2(h) for dec, h in zip(self.decoders, feedback_states(z, self.decoders))]
         rec = current_recorder()
         if rec is not None and grid is not None:
