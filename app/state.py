@@ -153,9 +153,16 @@ def base_model_keys() -> tuple[list[str], str]:
             return keys, f"checkpoints in {d}"
         return tiny, f"no checkpoints in {d}: showing random tiny models (untrained)"
     keys = demo_checkpoint_keys()
+    try:  # the background-training fragment compares against these (see _background_fragment)
+        st.session_state["bg-keys-at-run"] = tuple(sorted(keys))
+    except Exception:  # noqa: BLE001 - called outside a Streamlit session
+        pass
     if keys:
         quick = any("/demo-quick/" in k.replace(os.sep, "/") for k in keys)
         return keys, "trained demo checkpoints" + (" (quick plan: small input, few steps)" if quick else "")
+    if background_active(background_status()):
+        return tiny, ("the trained demo checkpoints are training in the background: random tiny models "
+                      "(untrained) until the first one is complete")
     return tiny, ("the trained demo checkpoints are not there yet: showing random tiny models "
                   "(untrained). Prepare them on the Models page.")
 
@@ -254,6 +261,126 @@ def _progress_adapter(progress):
         cb.last = frac
         progress(frac, texts[0] if texts else f"{100 * frac:.0f}%")
     return cb
+
+
+# ------------------------------------------------------------------------------------------------
+# Background training of the demo checkpoints (toast_core.background)
+# ------------------------------------------------------------------------------------------------
+
+#: seconds between refreshes of the background-training progress (a fragment, not the whole page)
+BACKGROUND_REFRESH = 2.0
+
+
+def _background_api():
+    try:
+        from toast_core import background
+    except ImportError:
+        return None
+    return background
+
+
+def background_status() -> Optional[dict]:
+    """Status of the background trainer of the demo checkpoints the app shows (``TOAST_APP_MODELS=demo``
+    only): the running one, else the last one of the directory whose checkpoints are on the pages.
+    None when there is none."""
+    bg, demo = _background_api(), _demo_api()
+    if bg is None or demo is None or models_mode() != "demo":
+        return None
+    found = [s for s in (bg.read_status(demo.demo_dir(q)) for q in (False, True)) if s]
+    active = [s for s in found if s.get("state") in bg.ACTIVE]
+    if active:
+        return active[0]
+    keys = demo_checkpoint_keys()
+    quick = any("/demo-quick/" in k.replace(os.sep, "/") for k in keys)
+    status = bg.read_status(demo.demo_dir(quick)) if keys else (found[0] if found else None)
+    return status
+
+
+def background_active(status: Optional[dict]) -> bool:
+    bg = _background_api()
+    return bool(status) and bg is not None and status.get("state") in bg.ACTIVE
+
+
+def pending_demo_methods() -> list[str]:
+    """Registered methods whose trained demo checkpoint is not there yet while others are (shown as
+    "training in the background" or "not trained yet" instead of missing silently)."""
+    if models_mode() != "demo":
+        return []
+    keys = demo_checkpoint_keys()
+    if not keys:
+        return []
+    present = {Path(k[len("ckpt:"):]).parent.name for k in keys}
+    return [m for m in tc.available_methods() if m not in present]
+
+
+def _background_text(status: Optional[dict], method: Optional[str] = None) -> tuple[float, str]:
+    """(progress fraction of the current run, one line) for the progress widgets."""
+    bg = _background_api()
+    if not background_active(status):
+        return 0.0, ""
+    now = status.get("method")
+    if method is not None and now != method:
+        if now is None:
+            return 0.0, f"{method}: waiting for the background trainer to start"
+        return 0.0, f"{method}: waiting (the background trainer is on {now})"
+    total, step = status.get("total") or 0, status.get("step") or 0
+    return (min(1.0, step / total) if total else 0.0), bg.describe(status)
+
+
+def _render_background(status: Optional[dict], where: str, method: Optional[str]) -> None:
+    fraction, line = _background_text(status, method)
+    with st.container(key=f"bg-{where}"):
+        if where == "sidebar":
+            methods = status.get("methods") or []
+            st.markdown(f"**Training in the background:** {', '.join(methods)}",
+                        help="Runs in its own process at lower CPU priority (nice) while you use the app. "
+                             "Each model joins the pages when its checkpoint is complete; no restart needed. "
+                             "Restarting the app does not start a second training: it resumes.")
+        st.progress(fraction, text=line)
+        if where != "sidebar":
+            st.caption("Full fine-tuning trains in the background at lower CPU priority; this panel fills in "
+                       "when its checkpoint is complete (no reload needed)." if method == "finetune" else
+                       "Trains in the background; this panel fills in when its checkpoint is complete.")
+
+
+@st.fragment(run_every=BACKGROUND_REFRESH)
+def _background_fragment(where: str, method: Optional[str]) -> None:
+    """Re-read the trainer's status every few seconds; when a demo checkpoint became complete, or the
+    trainer ended, rerun the whole page so the model joins (or the final state shows)."""
+    keys = tuple(sorted(demo_checkpoint_keys()))
+    status = background_status()
+    if keys != st.session_state.get("bg-keys-at-run") or not background_active(status):
+        st.rerun(scope="app")
+    _render_background(status, where, method)
+
+
+def background_progress(where: str, method: Optional[str] = None) -> None:
+    """The background trainer's progress (live while it runs) or why a model is missing.
+
+    Args:
+        where: ``"sidebar"`` or a panel name (element key ``bg-<where>``).
+        method: for a panel: the method it stands for.
+    """
+    status = background_status()
+    if background_active(status):
+        _background_fragment(where, method)
+        return
+    if method is None:
+        return
+    bg = _background_api()
+    with st.container(key=f"bg-{where}"):
+        if status and status.get("state") in ("failed", "stopped", "interrupted") and method in (status.get("methods") or []):
+            st.warning(f"Background training: {bg.describe(status)}", icon=":material/warning:")
+        st.markdown(f"Not trained yet. Train it in the background on the **Models** page, or run "
+                    f"`python -m toast_core prepare-demo`.")
+
+
+def background_sidebar() -> None:
+    """The sidebar's background-training block (nothing when no trainer runs)."""
+    status = background_status()
+    if background_active(status):
+        with st.sidebar:
+            background_progress("sidebar")
 
 
 def untrained_notice(entries: list[cmp.ModelEntry]) -> None:
@@ -382,6 +509,7 @@ def sidebar_status(note: str) -> None:
         st.caption(f"**Device:** {cmp.device_label(device())}", help="CUDA with bf16 autocast when a GPU is "
                    "present, otherwise CPU in float32.")
         st.caption(f"**Models:** {note}")
+    background_sidebar()
 
 
 def sanitize_choice(key: str, options: list) -> None:

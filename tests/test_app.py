@@ -354,3 +354,6 @@ def test_compare_page_on_trained_demo_checkpoints(monkeypatch, tmp_path):
     assert not any("Untrained" in w.value for w in at.warning)
     keys_on_page = _blocks(at.main)
     assert sum(k.startswith("panel-") for k in keys_on_page) == len(keys)
+    # full fine-tuning is not missing silently: its card says why it is not there (no trainer runs here)
+    assert "pending-finetune" in keys_on_page and "panel-finetune" not in keys_on_page
+    assert any("Not trained yet" in m.value for m in at.markdown)

@@ -227,6 +227,12 @@ def plotly_colorscale(cmap: str = "inferno", n: int = 32) -> list[list]:
     return [[i / (n - 1), f"rgb({r},{g},{b})"] for i, (r, g, b) in enumerate(rgb.tolist())]
 
 
+def css_gradient(cmap: str = "inferno", n: int = 16, direction: str = "to right") -> str:
+    """A matplotlib colormap as a CSS ``linear-gradient(...)`` (a colour bar drawn by the browser)."""
+    stops = ", ".join(f"{c} {100 * pos:.1f}%" for pos, c in plotly_colorscale(cmap, n))
+    return f"linear-gradient({direction}, {stops})"
+
+
 def image_data_uri(image: np.ndarray, quality: int = 90) -> str:
     """``(H, W, 3)`` uint8 image as a ``data:image/jpeg;base64,...`` URI (for plotly's Image ``source``)."""
     import base64

@@ -2,10 +2,12 @@
 
 Stable element keys (CSS class ``st-key-<key>`` in the browser): ``panel-<method>`` (one bordered
 container per model), ``fig-<method>`` (its plotly map), ``heads-<method>`` (per-head grid),
-``preds-<method>``, ``compare-grid``, ``compare-timing``; widgets ``upload``, ``keep-image``,
+``preds-<method>``, ``compare-grid``, ``compare-colorbar`` (the shared colour bar), ``compare-timing``,
+``pending-<method>`` (a demo model still training in the background, or not trained yet); widgets ``upload``, ``keep-image``,
 ``keep-methods``, ``cmp-kind``, ``cmp-layer``, ``cmp-heads``, ``cmp-scale``, ``cmp-cmap``,
 ``cmp-alpha``, ``cmp-diff``, ``cmp-reference``.
 """
+import html
 import time
 
 import streamlit as st
@@ -16,6 +18,17 @@ from toast_core import render
 from toast_core.errors import ToastError
 
 PER_ROW = 4
+MAP_SIDE = 200  # px: a panel's inner width at 4 per row in a 1400 px window (sidebar open); the map spans it
+
+
+def colorbar(lo: float, hi: float, cmap: str, label: str) -> None:
+    """One thin colour bar for every panel (shared scale): the maps keep the card's whole width."""
+    st.markdown(
+        f'<div style="display:flex;align-items:center;gap:0.6rem;font-size:0.8rem;max-width:40rem">'
+        f'<span>{html.escape(label)}</span><span class="cbar-lo">{lo:.3g}</span>'
+        f'<div style="flex:1;height:0.6rem;border-radius:2px;background:{render.css_gradient(cmap)}"></div>'
+        f'<span class="cbar-hi">{hi:.3g}</span></div>', unsafe_allow_html=True)
+
 page_start = time.perf_counter()
 
 entries, failures, note = state.session_entries()
@@ -85,15 +98,33 @@ display = cmp.display_array(image)
 
 kind_line = panels[0].label.split(" · ")[0]
 st.subheader(f"{kind_line}" + (f" — difference vs {reference}" if diff else ""))
+shared_bar = scale_mode == "shared"
+if shared_bar:
+    with st.container(key="compare-colorbar"):
+        colorbar(ranges[0][0], ranges[0][1], cmap, "colour scale, all panels:")
+pending = state.pending_demo_methods()
+height = int(min(420, max(160, MAP_SIDE * display.shape[0] / display.shape[1])))
 grid = st.container(key="compare-grid")
-for start in range(0, len(panels), PER_ROW):
+cards = [("panel", p, r) for p, r in zip(panels, ranges)] + [("pending", m, None) for m in pending]
+for start in range(0, len(cards), PER_ROW):
     cols = grid.columns(PER_ROW)
-    for col, p, (lo, hi) in zip(cols, panels[start:start + PER_ROW], ranges[start:start + PER_ROW]):
+    for col, (what, p, rng) in zip(cols, cards[start:start + PER_ROW]):
+        if what == "pending":
+            with col.container(key=f"pending-{state.slug(p)}", border=True):
+                st.markdown(f"**{p}** · *not in this comparison yet*")
+                state.background_progress(f"panel-{state.slug(p)}", p)
+            continue
+        lo, hi = rng
         s = state.slug(p.name)
         with col.container(key=f"panel-{s}", border=True):
             st.markdown(f"**{p.name}**" + ("" if p.trained else " · *untrained*"))
             fig = render.heatmap_figure(display, maps[p.name], lo, hi, cmap, alpha)
-            fig.update_layout(height=250)
+            fig.update_layout(height=height, margin={"l": 0, "r": 0, "t": 0, "b": 0})
+            if shared_bar:  # one colour bar above the grid
+                fig.update_traces(showscale=False, selector={"type": "heatmap"})
+            else:  # a thin bar beside the map
+                fig.update_traces(colorbar={"thickness": 6, "len": 1.0, "outlinewidth": 0, "xpad": 2,
+                                            "tickfont": {"size": 9}}, selector={"type": "heatmap"})
             st.plotly_chart(fig, key=f"fig-{s}", config={"displayModeBar": False})
             if p.heads is not None and not diff:
                 hs = [[(None, h) for h in p.heads]]
@@ -103,9 +134,9 @@ for start in range(0, len(panels), PER_ROW):
                 hfig.update_layout(height=130, margin={"l": 0, "r": 0, "t": 24, "b": 0})
                 st.plotly_chart(hfig, key=f"heads-{s}", config={"displayModeBar": False})
             label = p.label + (f" · minus {reference}" if diff else "")
-            st.caption(label + f" · range {lo:.3g}…{hi:.3g}")
+            st.caption(label + ("" if shared_bar else f" · range {lo:.3g}…{hi:.3g}"))
             with st.container(key=f"preds-{s}"):
-                st.markdown(state.predictions_text(p.predictions))
+                st.caption(state.predictions_text(p.predictions))
 
 st.caption(f"{len(panels)} models · computed in {timer.seconds:.2f} s on {cmp.device_label(state.device())} "
            "(recordings are cached per model and image)", help=None)

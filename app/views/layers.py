@@ -1,6 +1,12 @@
 """Layers: for one image, every method's maps across all layers (small multiples, one row per method).
 
-Stable keys: ``strip-<method>`` (one container per model), ``layers-grid``; widgets ``keep-image``,
+Colour scale (default *per layer*): one range per layer (column) over every shown method, so each
+layer is readable (layer 1's CLS attention peaks far higher than the deeper layers' and set a shared
+scale that left the others black) and methods stay comparable within a layer. *Shared*, *per method*
+and *per panel* are options. Thumbnails show the patch grid as blocks (nearest upsampling), six per line.
+
+Stable keys: ``strip-<method>`` (one container per model), ``layers-grid``, ``layers-scale`` (the
+ranges in use, per layer); widgets ``keep-image``,
 ``keep-methods``, ``lay-kind``, ``lay-heads``, ``lay-pass``, ``lay-scale``, ``lay-cmap``, ``lay-alpha``,
 ``lay-width``.
 """
@@ -12,6 +18,9 @@ from toast_core import compare as cmp
 from toast_core import render
 from toast_core.errors import ToastError
 from toast_core.maps import MAP_KINDS, describe_map
+
+SCALES = ["per layer", "shared", "per method", "per panel"]
+PER_LINE = 6  # thumbnails per line: layer columns line up across methods
 
 entries, failures, note = state.session_entries()
 state.sidebar_status(note)
@@ -33,11 +42,13 @@ with st.sidebar:
     head = state.head_control("lay-heads", cmp.common_heads(selected or entries), allow_all=False) \
         if kind == "cls" else None
     pass_name = state.pass_select("lay-pass", selected)
-    scale_mode = st.radio("Colour scale", ["shared", "per method", "per panel"], key="lay-scale",
-                          help="shared: one range for every thumbnail; per method: one per row.")
+    scale_mode = st.radio("Colour scale", SCALES, key="lay-scale",
+                          help="per layer: one range per column over all methods (each layer readable, methods "
+                               "comparable within a layer); shared: one range for every thumbnail; per method: "
+                               "one per row; per panel: each thumbnail its own.")
     cmap = state.colormap_select("lay-cmap")
     alpha = state.opacity_slider("lay-alpha", 0.6)
-    width = st.slider("Thumbnail width", 48, 200, 80, step=8, key="lay-width")
+    width = st.slider("Thumbnail width", 64, 320, 136, step=8, key="lay-width")
 
 if not selected:
     st.info("Pick at least one method.")
@@ -54,19 +65,29 @@ except ToastError as e:
 display = cmp.display_array(image, max_side=max(2 * width, 96))
 all_maps = [m for s in strips.values() for m in s]
 shared = render.color_scale(all_maps, mode="shared")[0]
+depth = max(len(s) for s in strips.values())
+per_layer = [render.color_scale([s[i] for s in strips.values() if i < len(s)], mode="shared")[0]
+             for i in range(depth)]
 head_txt = "" if kind != "cls" else (" · head mean" if head is None else f" · head {head}")
 st.subheader(MAP_KINDS[kind] + head_txt)
 st.caption(f"{image_label} · colour scale: {scale_mode} · {timer.seconds:.2f} s")
+with st.container(key="layers-scale"):
+    if scale_mode == "per layer":
+        st.caption("range per layer: " + " · ".join(f"L{i + 1} {lo:.3g}…{hi:.3g}" for i, (lo, hi) in enumerate(per_layer)))
+    elif scale_mode == "shared":
+        st.caption(f"range, all thumbnails: {shared[0]:.3g}…{shared[1]:.3g}")
 grid = st.container(key="layers-grid")
 for e in selected:
     strip = strips[e.name]
-    if scale_mode == "shared":
+    if scale_mode == "per layer":
+        ranges = per_layer[:len(strip)]
+    elif scale_mode == "shared":
         ranges = [shared] * len(strip)
     elif scale_mode == "per method":
         ranges = render.color_scale(list(strip), mode="shared")
     else:
         ranges = render.color_scale(list(strip), mode="per-panel")
-    thumbs = [render.overlay(display, m, lo, hi, cmap, alpha) for m, (lo, hi) in zip(strip, ranges)]
+    thumbs = [render.overlay(display, m, lo, hi, cmap, alpha, upsample="nearest") for m, (lo, hi) in zip(strip, ranges)]
     with grid.container(key=f"strip-{state.slug(e.name)}", border=True):
         rec = cmp.record(e, image, image_key=image_key)
         pass_used = cmp.resolve_pass(rec, pass_name)
@@ -74,6 +95,8 @@ for e in selected:
         preds = cmp.top_predictions(rec.probs, e.class_names, 1)
         st.markdown(f"**{e.name}**" + ("" if e.trained else " · *untrained*") +
                     f" — {label} · predicts {state.predictions_text(preds)}")
-        st.image(thumbs, caption=[f"L{i + 1}" for i in range(len(thumbs))], width=width)
+        for start in range(0, len(thumbs), PER_LINE):
+            st.image(thumbs[start:start + PER_LINE], caption=[f"L{i + 1}" for i in range(start, min(len(thumbs), start + PER_LINE))],
+                     width=width)
         peak = np.array([m.max() for m in strip])
         st.caption("peak per layer: " + " ".join(f"{v:.2g}" for v in peak))

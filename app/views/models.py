@@ -1,9 +1,12 @@
 """Models: which checkpoints are loaded (backbone, method, trainable share, accuracy), load your own
 (upload or server path), and prepare the trained demo checkpoints with a progress bar.
 
-Stable keys: ``models-table``, ``models-failures``, ``prepare-demo`` (button), ``prepare-quick``,
+Stable keys: ``models-table``, ``models-failures``, ``models-background`` (background training: progress,
+``bg-start`` / ``bg-stop`` buttons), ``prepare-demo`` (button), ``prepare-quick``,
 ``ckpt-upload``, ``ckpt-path``, ``ckpt-path-load``, ``models-remove``, ``models-device``.
 """
+from pathlib import Path
+
 import streamlit as st
 
 from app import state
@@ -46,6 +49,29 @@ else:
     st.info("The trained demo checkpoints are missing. Prepare them here (or run "
             "`python -m toast_core prepare-demo`); until then the pages show random tiny models, labelled "
             "as untrained.")
+pending = state.pending_demo_methods()
+bg_status = state.background_status()
+if pending or state.background_active(bg_status):
+    from toast_core import background
+
+    with st.container(key="models-background", border=True):
+        st.markdown("**Background training** — " + (
+            f"missing: {', '.join(pending)}." if pending else "the last checkpoints are being written."))
+        if state.background_active(bg_status):
+            state.background_progress("models")
+            st.caption(f"pid {bg_status.get('pid')} · log `{bg_status.get('log')}` · restarting the app does not "
+                       "start a second training; stopping saves the state and the next start resumes from it.")
+            if st.button("Stop (saves; the next start resumes)", key="bg-stop"):
+                background.stop(Path(bg_status["log"]).parent, timeout=60)
+                st.rerun()
+        else:
+            if bg_status:
+                st.caption(f"Last background run: {background.describe(bg_status)}")
+            quick_dir = any(Path(k[len("ckpt:"):]).parent.parent.name == "demo-quick" for k in demo_keys)
+            if st.button("Train the missing ones in the background", key="bg-start"):
+                got = background.start(quick=quick_dir, device=state.device())
+                st.toast(f"Background training: {got['reason']}")
+                st.rerun()
 quick = st.checkbox("Quick (small task, few steps: minutes, for a first look)", key="prepare-quick")
 if st.button("Prepare demo checkpoints", key="prepare-demo", disabled=not state.prepare_demo_available()):
     bar = st.progress(0.0, text="Starting…")
