@@ -122,9 +122,9 @@ for start in range(0, len(cards), PER_ROW):
             fig.update_layout(height=height, margin={"l": 0, "r": 0, "t": 0, "b": 0})
             if shared_bar:  # one colour bar above the grid
                 fig.update_traces(showscale=False, selector={"type": "heatmap"})
-            else:  # a thin bar beside the map
+            else:  # a thin bar beside the map; its range is in the caption below (hover gives values)
                 fig.update_traces(colorbar={"thickness": 6, "len": 1.0, "outlinewidth": 0, "xpad": 2,
-                                            "tickfont": {"size": 9}}, selector={"type": "heatmap"})
+                                            "showticklabels": False, "ticks": ""}, selector={"type": "heatmap"})
             st.plotly_chart(fig, key=f"fig-{s}", config={"displayModeBar": False})
             if p.heads is not None and not diff:
                 hs = [[(None, h) for h in p.heads]]
