@@ -22,9 +22,11 @@ from toast_core.shipped import SHIPPED_DIR, STAGE1_DIR, export_for_shipping  # n
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("demo_dir", help="output folder of prepare-demo --plan ship")
+    ap.add_argument("--methods", nargs="+", default=list(SHIPPED_METHODS), choices=SHIPPED_METHODS,
+                    help="ship only these (default: all six)")
     args = ap.parse_args(argv)
     src = Path(args.demo_dir)
-    jobs = [(m, src / m, SHIPPED_DIR / m) for m in SHIPPED_METHODS]
+    jobs = [(m, src / m, SHIPPED_DIR / m) for m in args.methods]
     if (src / "pretune" / "model.safetensors").is_file():
         jobs.append(("toast stage 1", src / "pretune", STAGE1_DIR))
     for m, run_dir, dst in jobs:

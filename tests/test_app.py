@@ -216,7 +216,9 @@ def test_inspector_steering_and_xi_from_a_patch():
     for k in ("ins-bottom-up", "ins-top-down", "ins-gate", "ins-td-chart", "ins-predictions", "ins-strips"):
         assert k in keys, k
     chart = _charts(at)["ins-td-chart"]
-    assert len(chart["data"]) == 2 and len(chart["data"][0]["x"]) == 4
+    assert len(chart["data"]) == 3 and len(chart["data"][0]["x"]) == 4  # applied, as trained, largest token
+    assert chart["data"][0]["y"] == pytest.approx(chart["data"][1]["y"])  # steering 1 = as trained
+    assert min(chart["data"][1]["y"]) > 0  # |W_v td| / |v| in %
     picker = _charts(at)["ins-bottom-up"]
     assert any(t.get("name") == "patches" for t in picker["data"])  # clickable patch centres
 
@@ -224,7 +226,11 @@ def test_inspector_steering_and_xi_from_a_patch():
     _no_exception(at)
     assert any("steering 0.00" in m.label for m in at.metric)
     assert any("max |top-down − bottom-up| at this layer: 0" in c.value for c in at.caption)
+    assert max(_charts(at)["ins-td-chart"]["data"][0]["y"]) == 0  # nothing added at steering 0
     at.slider(key="ins-scale").set_value(2.0).run()
+    chart = _charts(at)["ins-td-chart"]
+    # Block 1's values are the same at any steering (its input is the image), so its ratio doubles.
+    assert chart["data"][0]["y"][0] == pytest.approx(2 * chart["data"][1]["y"][0], rel=1e-4)
     at.radio(key="ins-xi").set_value("patch").run()
     at.number_input(key="ins-row").set_value(1).run()
     at.number_input(key="ins-col").set_value(6).run()

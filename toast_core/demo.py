@@ -93,26 +93,36 @@ class DemoPlan:
         return json.loads(json.dumps(d))
 
 
-def _recipes(epochs: int, head_epochs: int) -> tuple:
-    """The per-method recipes (AdamW). Frozen-backbone methods give the fresh head a higher rate than
-    the method's own parameters (``head_lr_scale``): with a few hundred steps the head must learn fast,
-    while TOAST's chained feedback matrices and P diverge at the rates a head needs. TOAST's ξ (``prompt``)
-    gets 100x: at the matrices' rate it turned by ~1 % in a CPU plan and TOAST stayed at the linear
-    probe's accuracy (docs/RESULTS_TRAINING.md)."""
+def _recipes(epochs: int) -> tuple:
+    """The per-method recipes (AdamW, warm-up then cosine), all trained for the same ``epochs`` on the
+    same data; each base rate was chosen from a small grid on the validation split
+    (``scripts/recipe_grid.py``, docs/RESULTS_TRAINING.md).
+
+    TOAST's parameter groups differ in scale by four orders of magnitude after the least-squares stage 1
+    (:mod:`toast_core.stage1`), so its recipe sets them apart: the head and ξ (unit norm) at the base
+    rate; the chained A_l at 1e-3 of it (they multiply along the chain: at 1e-3…1e-4 the early layers' td
+    grew 30–70×); each B_l at 0.1 × base × its own RMS (``relative_lr``: B_l's RMS runs from 0.3 to 4),
+    so every block's output map changes by the same fraction per step. TOAST-Lite trains ξ, P (relative
+    rate) and rank-4 LoRA updates of A_l/B_l on the stage-1 weights."""
+    toast_groups = (("prompt", 1.0), ("decoders.*.linear.*", 1e-3), ("decoders.*.linear2.*", 0.1))
+    lite_groups = (("prompt", 1.0), ("top_down_transform", 0.1), ("decoders.*", 0.1))
     return (
-        MethodRecipe("linear", lr=3e-3, epochs=head_epochs, warmup_epochs=1.0),
+        MethodRecipe("linear", lr=3e-3, epochs=epochs, warmup_epochs=1.0),
         MethodRecipe("finetune", lr=5e-5, epochs=epochs, weight_decay=0.05, head_lr_scale=20.0),
         MethodRecipe("lora", lr=5e-3, epochs=epochs),
         MethodRecipe("vpt-shallow", lr=3e-3, epochs=epochs, head_lr_scale=3.0),
         MethodRecipe("vpt-deep", lr=5e-3, epochs=epochs),
-        MethodRecipe("toast", lr=1e-4, epochs=epochs, head_lr_scale=100.0, pretuned=True,
-                     lr_scales=(("prompt", 100.0),)),
-        MethodRecipe("toast-lite", lr=1e-3, epochs=epochs, head_lr_scale=10.0, pretuned=True),
+        MethodRecipe("toast", lr=1e-2, epochs=epochs, weight_decay=0.01, pretuned=True, lr_scales=toast_groups,
+                     relative_lr=("decoders.*.linear2.*",)),
+        MethodRecipe("toast-lite", lr=1e-2, epochs=epochs, weight_decay=0.01, pretuned=True, lr_scales=lite_groups,
+                     relative_lr=("top_down_transform",)),
     )
 
 
 PLAN_NAMES = ("cpu", "gpu", "quick", "ship")
 SHIPPED_METHODS = ("linear", "lora", "vpt-shallow", "vpt-deep", "toast", "toast-lite")
+#: epochs of every shipped recipe (the CPU plan's fine-tuning, trained at install, gets 3)
+SHIP_EPOCHS = 8
 
 
 def plan_for(device: str | torch.device = "cpu", quick: bool = False, name: Optional[str] = None) -> DemoPlan:
@@ -120,9 +130,9 @@ def plan_for(device: str | torch.device = "cpu", quick: bool = False, name: Opti
 
     Budgets: the CPU plan is sized for 15 minutes on 2 cores: it trains full fine-tuning (112 px input =
     8x8 patches, 1000 images, 3 epochs) and installs the six parameter-efficient checkpoints shipped in
-    ``assets/checkpoints`` (trained by the ``ship`` plan: same input and data, 4 epochs; a few MB in all,
+    ``assets/checkpoints`` (trained by the ``ship`` plan: same input and data, 8 epochs; a few MB in all,
     where full fine-tuning's 86 MB cannot ship). The GPU plan trains all seven in 2 minutes on one GPU
-    (224 px = 16x16 patches, 1000 images, 7 epochs). See docs/RESULTS_TRAINING.md.
+    (224 px = 16x16 patches, 1000 images, 8 epochs). See docs/RESULTS_TRAINING.md.
     """
     from .data.demo_task import DemoTaskConfig
 
@@ -133,18 +143,18 @@ def plan_for(device: str | torch.device = "cpu", quick: bool = False, name: Opti
         name = "quick" if quick else "gpu" if dev.type == "cuda" else "cpu"
     if name == "quick":
         return DemoPlan("quick", image_size=56, task=DemoTaskConfig.quick(), n_train=24, batch_size=12,
-                        stage1=Stage1Config(n_fit=42, n_held_out=21), recipes=_recipes(1, 2))
+                        stage1=Stage1Config(n_fit=42, n_held_out=21), recipes=_recipes(1))
     if name == "gpu":
         return DemoPlan("gpu", image_size=224, task=DemoTaskConfig(), n_train=1000, batch_size=32,
-                        stage1=Stage1Config(), recipes=_recipes(7, 60))
+                        stage1=Stage1Config(), recipes=_recipes(SHIP_EPOCHS))
     if name == "ship":
         return DemoPlan("ship", image_size=112, task=DemoTaskConfig(), n_train=1000, batch_size=32,
                         stage1=Stage1Config(),
-                        recipes=tuple(r for r in _recipes(4, 60) if r.method in SHIPPED_METHODS))
-    ft = dataclasses.replace(_recipes(3, 60)[1], lr=1e-4)
+                        recipes=tuple(r for r in _recipes(SHIP_EPOCHS) if r.method in SHIPPED_METHODS))
+    ft = dataclasses.replace(_recipes(3)[1], lr=1e-4)
     return DemoPlan("cpu", image_size=112, task=DemoTaskConfig(), n_train=1000, batch_size=32,
                     stage1=Stage1Config(),
-                    recipes=tuple(r for r in _recipes(4, 60) if r.method in SHIPPED_METHODS) + (ft,),
+                    recipes=tuple(r for r in _recipes(SHIP_EPOCHS) if r.method in SHIPPED_METHODS) + (ft,),
                     shipped=SHIPPED_METHODS)
 
 

@@ -327,7 +327,7 @@ def pretune_least_squares(out_dir: str | os.PathLike, *, config: Optional[Stage1
             state[k].copy_(v)
     if progress:
         progress(0.9, "stage 1: diagnostics on held-out crops")
-    diag = stage1_diagnostics(model, held_out.images, tensors, mean=mean, std=std)
+    diag = stage1_diagnostics(model, held_out.images, tensors, mean=mean, std=std, td_gain=cfg.td_gain)
     seconds = time.perf_counter() - t0
     record = {"kind": STAGE1_KIND, "settings": cfg.to_dict(), "diagnostics": diag, "seconds": round(seconds, 1)}
     meta = {"stage": "pretune", "complete": True, "classes": fit_set.class_names, "stage1": record,

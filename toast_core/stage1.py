@@ -16,9 +16,13 @@ nothing from any downstream task), in two sweeps over the images:
    scaling the values of the tokens the gate selects by about (1 + td_gain·s). Residual-stream tokens
    (norm 1–10 in DINOv2) and ``norm1`` outputs (norm 18–40) differ by that factor, which the fit absorbs.
 
-**ξ** (``prompt``) starts as the unit-norm mean direction of the generic final tokens: every token's
-cosine with it is positive on most tokens (the gate starts open, so the task loss reaches ξ through them), and a
-unit norm lets Adam steps of 1e-3…1e-2 turn it.
+**ξ** (``prompt``) starts as the unit-norm direction of the mean final CLS token minus the mean final
+patch token over the generic crops: what the backbone's own summary token holds beyond the average
+patch. On generic crops 71 % of patch tokens have a positive cosine with it (the gate starts open, so
+the task loss reaches ξ through them), and on the default task it already prefers objects to background
+(gate 0.37 on objects, 0.13 on background), where the plain mean token direction opens everything
+(0.51 / 0.40) and the task loss then has to close the background itself. A unit norm lets Adam steps of
+1e-3…1e-2 turn it.
 
 :func:`stage1_diagnostics` measures, on held-out crops and per block: R² of A_l·out_l → in_l (the
 reconstruction the loss asks for), R² of the chained h_l → in_l, R² of td_l → norm1(in_l) − β_l,
@@ -132,14 +136,20 @@ def fit_topdown(model, images: torch.Tensor, *, mean=None, std=None, td_gain: fl
     L, C = len(blocks), model.vit.embed_dim
     io_grams = [Gram.empty(C, C) for _ in blocks]
     p_gram = Gram.empty(C, C)
-    token_sum = torch.zeros(C, dtype=torch.float64)
+    n_prefix = int(model.num_prefix_tokens)
+    prefix_sum = torch.zeros(C, dtype=torch.float64)
+    patch_sum = torch.zeros(C, dtype=torch.float64)
+    n_images = n_patches = 0
     n_batches = -(-len(images) // batch_size)
     for i, x in enumerate(_batches(images, batch_size)):
         out = model.run_blocks(_as_float(x, mean, std), collect_io=True)
         for g, (x_in, x_out) in zip(io_grams, out.block_io):
             g.add(x_out, x_in)
         p_gram.add(out.tokens, out.block_io[-1][1])
-        token_sum += out.tokens.reshape(-1, C).double().sum(0)
+        prefix_sum += out.tokens[:, 0].double().sum(0)  # the CLS token
+        patch_sum += out.tokens[:, n_prefix:].reshape(-1, C).double().sum(0)
+        n_images += out.tokens.shape[0]
+        n_patches += out.tokens.shape[0] * (out.tokens.shape[1] - n_prefix)
         if progress:
             progress(0.5 * (i + 1) / n_batches, f"stage 1: block statistics, batch {i + 1}/{n_batches}")
     A = [g.solve(ridge) for g in io_grams]
@@ -152,7 +162,7 @@ def fit_topdown(model, images: torch.Tensor, *, mean=None, std=None, td_gain: fl
         if progress:
             progress(0.5 + 0.5 * (i + 1) / n_batches, f"stage 1: feedback targets, batch {i + 1}/{n_batches}")
     B = [g.solve(ridge) * td_gain for g in b_grams]
-    xi = (token_sum / max(p_gram.n, 1)).float()
+    xi = (prefix_sum / max(n_images, 1) - patch_sum / max(n_patches, 1)).float()
     model.train(was_training)
     tensors = {"prompt": xi / xi.norm().clamp_min(1e-12), "top_down_transform": P.contiguous()}
     for l in range(L):
@@ -172,12 +182,13 @@ def topdown_tensors(model) -> dict:
 
 @torch.no_grad()
 def stage1_diagnostics(model, images: torch.Tensor, tensors: Optional[dict] = None, *, mean=None, std=None,
-                       batch_size: int = 64) -> dict:
+                       td_gain: float = 1.0, batch_size: int = 64) -> dict:
     """Per-block measurements of a top-down module on (held-out) images; see the module docstring.
 
     Args:
         model: the ``toast`` model whose backbone runs the images.
         tensors: the top-down module (default: the model's own, :func:`topdown_tensors`).
+        td_gain: the gain B_l was fitted with: ``r2_td`` compares td_l / td_gain with norm1(in_l) − β_l.
     Returns:
         ``{"layers": [{"layer", "r2_reconstruction", "r2_chain", "r2_td", "value_ratio"}, ...],
         "gate": {"mean", "open_fraction", "min", "max"}, "n_tokens", "n_images"}``. ``value_ratio`` is
@@ -212,7 +223,7 @@ def stage1_diagnostics(model, images: torch.Tensor, tensors: Optional[dict] = No
             target = _norm1_target(blk, x_in)
             td = hs[l] @ B[l].T
             td_stats[l].add(ones, target)
-            td_sse[l] += float(((td - target) ** 2).sum())
+            td_sse[l] += float(((td / td_gain - target) ** 2).sum())
             wv = blk.attn.qkv.weight[2 * blk.attn.attn_dim:]
             vnum[l] += float((td @ wv.T).norm(dim=-1).sum())
             vden[l] += float((blk.norm1(x_in) @ wv.T).norm(dim=-1).sum())
@@ -233,7 +244,7 @@ def stage1_diagnostics(model, images: torch.Tensor, tensors: Optional[dict] = No
 
 def diagnostics_markdown(diag: dict) -> str:
     """The per-layer diagnostics as a markdown table."""
-    lines = ["| block | R² A_l·out_l → in_l | R² chain h_l → in_l | R² td_l → norm1(in_l) − β | "
+    lines = ["| block | R² A_l·out_l → in_l | R² chain h_l → in_l | R² td_l / gain → norm1(in_l) − β | "
              "\\|W_v td_l\\| / \\|W_v norm1(in_l)\\| at gate 1 |", "|---:|---:|---:|---:|---:|"]
     for r in diag["layers"]:
         lines.append(f"| {r['layer']} | {r['r2_reconstruction']:.3f} | {r['r2_chain']:.3f} | {r['r2_td']:.3f} | "

@@ -121,9 +121,9 @@ with c_gate:
     st.caption(f"mean gate {insp.gate.mean():.3f}")
 
 layers = [f"L{i + 1}" for i in range(len(insp.td_norm))]
-chart = go.Figure([go.Bar(x=layers, y=100 * insp.value_ratio, name=f"applied (× {td_scale:.2f}, {insp.xi_source})"),
-                   go.Bar(x=layers, y=100 * insp.value_ratio_trained, name="as trained"),
-                   go.Scatter(x=layers, y=100 * insp.value_ratio_max, name="largest token (applied)", mode="markers")])
+chart = go.Figure([go.Bar(x=layers, y=(100 * insp.value_ratio).tolist(), name=f"applied (× {td_scale:.2f}, {insp.xi_source})"),
+                   go.Bar(x=layers, y=(100 * insp.value_ratio_trained).tolist(), name="as trained"),
+                   go.Scatter(x=layers, y=(100 * insp.value_ratio_max).tolist(), name="largest token (applied)", mode="markers")])
 chart.update_layout(barmode="group", height=280, margin={"l": 4, "r": 4, "t": 30, "b": 4},
                     title={"text": "Size of the top-down term against the values it is added to: "
                                    "mean |W_v·td| / mean |v| per layer (%)"},
