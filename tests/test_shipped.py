@@ -37,3 +37,68 @@ def test_shipped_checkpoint_fits_the_default_backbone_and_cpu_plan(method):
     with torch.no_grad():
         logits = model(torch.randn(2, 3, plan.image_size, plan.image_size))
     assert logits.shape == (2, 12) and torch.isfinite(logits).all()
+
+
+def test_shipped_stage1_fits_the_cpu_plan_and_reconstructs_held_out_crops():
+    """assets/toast_stage1: fitted on this backbone with the CPU plan's stage-1 settings; its recorded
+    held-out R² is ≥ 0.8 on every block, and re-measuring it on other crops agrees."""
+    import dataclasses
+
+    from toast_core.default_backbone import default_backbone_sha256, ensure_default_backbone
+    from toast_core.models import data_config
+    from toast_core.pretune import GenericPhotoCrops
+    from toast_core.shipped import shipped_stage1, stage1_mismatch
+    from toast_core.stage1 import stage1_diagnostics
+
+    src = shipped_stage1()
+    assert src is not None, "assets/toast_stage1 is missing"
+    info = read_checkpoint_info(src)
+    plan = plan_for("cpu")
+    ensure_default_backbone()
+    settings = dataclasses.replace(plan.stage1, image_size=plan.image_size, seed=plan.seed).to_dict()
+    assert stage1_mismatch(info, settings, default_backbone_sha256()) is None
+    recorded = info["stage1"]["diagnostics"]["layers"]
+    assert len(recorded) == 12 and min(r["r2_reconstruction"] for r in recorded) >= 0.8
+    torch.manual_seed(0)
+    model = load_checkpoint(src)
+    dc = data_config(model)
+    crops = GenericPhotoCrops(42, plan.image_size, seed=7, split="test", mean=dc["mean"], std=dc["std"])
+    diag = stage1_diagnostics(model, crops.images, mean=dc["mean"], std=dc["std"], td_gain=settings["td_gain"])
+    for mine, theirs in zip(diag["layers"], recorded):
+        assert mine["r2_reconstruction"] >= 0.75, mine  # other crops, fewer of them: a little below
+        assert abs(mine["r2_reconstruction"] - theirs["r2_reconstruction"]) < 0.08
+        assert 0.5 < mine["value_ratio"] < 5  # the top-down term is on the scale of the values
+
+
+@pytest.mark.parametrize("method", ["toast", "toast-lite"])
+def test_shipped_toast_steers_on_the_gallery(method):
+    """What the TOAST inspector shows on the gallery images, from the shipped checkpoint: the gate
+    opens on the objects more than on the background, and the top-down term is a sizeable share of the
+    values it is added to in every block."""
+    import numpy as np
+    from PIL import Image
+
+    from toast_core import compare as cmp
+
+    entry = cmp.load_entry(f"ckpt:{shipped_checkpoint(method)}")
+    info = read_checkpoint_info(shipped_checkpoint(method))
+    assert info["pretuned_from"]["stage1"]["kind"] == "least-squares"
+    gallery = sorted(p for p in (ROOT / "assets" / "demo_samples").glob("[0-9][0-9]_*.png")
+                     if not p.stem.endswith("_mask"))
+    assert len(gallery) == 8
+    on_target, on_background, ratios = [], [], []
+    for path in gallery:
+        with Image.open(path) as im:
+            image = im.convert("RGB")
+        with Image.open(path.with_name(path.stem + "_mask.png")) as m:
+            mask = np.asarray(m)
+        insp = cmp.inspect_toast(entry, image)
+        h, w = insp.grid
+        k = mask.shape[0] // h
+        cover = lambda sel: sel[: h * k, : w * k].reshape(h, k, w, k).mean(axis=(1, 3))  # noqa: E731
+        target, background = cover(mask == 1), cover(mask == 0)
+        on_target.append(float((insp.gate * target).sum() / target.sum()))
+        on_background.append(float((insp.gate * background).sum() / background.sum()))
+        ratios.append(insp.value_ratio_trained)
+    assert np.mean(on_target) > 2 * np.mean(on_background), (on_target, on_background)
+    assert np.min(ratios) > 0.05, np.min(ratios, axis=0)  # the inspector's top-down chart is not empty

@@ -2,6 +2,7 @@
 its diagnostics, and where ξ's gradient comes from."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -152,3 +153,29 @@ def test_xi_gets_gradient_only_from_tokens_whose_gate_is_open():
     model.zero_grad()
     F.cross_entropy(model(x), torch.tensor([0, 1, 2, 3])).backward()
     assert model.prompt.grad is not None and model.prompt.grad.norm() > 0
+
+
+def test_steering_table_ratios_from_rows():
+    """The analysis's TOAST table: gate share over the area share, and top-down over bottom-up target
+    share at the last layer, as ratios of means over images."""
+    from toast_core.analysis.steering import ratio_ci, steering_markdown, steering_table
+
+    assert ratio_ci([1, 2, 3], [1, 1, 1], n_boot=200)[0] == pytest.approx(2.0)
+    mean, lo, hi = ratio_ci([2, 4, 6, 8], [1, 2, 3, 4], n_boot=200)
+    assert mean == pytest.approx(2.0) and lo == pytest.approx(2.0) and hi == pytest.approx(2.0)
+    rows = []
+    for i in range(4):
+        for pass_name, share in (("bottom-up", 0.1), ("top-down", 0.3 + 0.02 * i)):
+            for layer in (0, 11):
+                rows.append({"image_id": i, "method": "toast", "layer": layer, "kind": "cls", "pass": pass_name,
+                             "energy_target": share if layer == 11 else 0.5, "correct": float(i % 2),
+                             "gate_energy_target": 0.2, "target_area": 0.05, "gate_energy_distractors": 0.1,
+                             "distractor_area": 0.1})
+        rows.append({**rows[-1], "method": "lora", "pass": "main"})  # one pass: not in the table
+    (t,) = steering_table(rows, n_boot=100)
+    assert t["method"] == "toast" and t["n"] == 4 and t["last_layer"] == 11
+    assert t["gate_target_x_uniform"][0] == pytest.approx(4.0)
+    assert t["gate_distractors_x_uniform"][0] == pytest.approx(1.0)
+    assert t["td_over_bu_cls"][0] == pytest.approx(np.mean([0.3, 0.32, 0.34, 0.36]) / 0.1)
+    assert t["accuracy"][0] == pytest.approx(0.5)
+    assert "| toast |" in steering_markdown(rows, n_boot=100)

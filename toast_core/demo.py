@@ -418,7 +418,7 @@ def prepare_demo(out_dir: Optional[str | os.PathLike] = None, quick: bool = Fals
                 install_stage1(pretune_ckpt, meta={"demo_hash": p_hash})
                 source = "shipped"
             else:
-                pretune_least_squares(pretune_ckpt, config=s1, meta={"demo_hash": p_hash},
+                pretune_least_squares(pretune_ckpt, config=s1, meta={"demo_hash": p_hash}, device=str(dev),
                                       progress=lambda f, text: stages.say(text, f, echo=False))
         info = read_checkpoint_info(pretune_ckpt)
         timings["pretune"] = time.perf_counter() - t

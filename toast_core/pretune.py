@@ -290,7 +290,7 @@ class Stage1Config:
 def pretune_least_squares(out_dir: str | os.PathLike, *, config: Optional[Stage1Config] = None,
                           backbone: Optional[str] = None, pretrained: Any = True,
                           backbone_kwargs: Optional[dict] = None, meta: Optional[dict] = None,
-                          progress=None) -> dict:
+                          progress=None, device: str = "cpu") -> dict:
     """Stage 1 of TOAST as its exact minimiser: fit the top-down module (:mod:`toast_core.stage1`) on
     generic photo crops, measure it on held-out crops, and save it as a stage-1 checkpoint (method
     ``toast``, stage ``pretune``) that :func:`init_from_pretuned` reads.
@@ -319,6 +319,7 @@ def pretune_least_squares(out_dir: str | os.PathLike, *, config: Optional[Stage1
         if progress:
             progress(0.85 * fraction, text)
 
+    model.to(device)  # the forward passes and Gram matrices run there; the solves on the CPU
     tensors = fit_topdown(model, fit_set.images, mean=mean, std=std, td_gain=cfg.td_gain, ridge=cfg.ridge,
                           progress=fit_progress)
     state = model.state_dict()
@@ -328,6 +329,7 @@ def pretune_least_squares(out_dir: str | os.PathLike, *, config: Optional[Stage1
     if progress:
         progress(0.9, "stage 1: diagnostics on held-out crops")
     diag = stage1_diagnostics(model, held_out.images, tensors, mean=mean, std=std, td_gain=cfg.td_gain)
+    model.cpu()
     seconds = time.perf_counter() - t0
     record = {"kind": STAGE1_KIND, "settings": cfg.to_dict(), "diagnostics": diag, "seconds": round(seconds, 1)}
     meta = {"stage": "pretune", "complete": True, "classes": fit_set.class_names, "stage1": record,

@@ -57,10 +57,10 @@ class Gram:
     n: int
 
     @classmethod
-    def empty(cls, c_in: int, c_out: int) -> "Gram":
-        z = torch.zeros
-        return cls(z(c_in, c_in, dtype=torch.float64), z(c_in, c_out, dtype=torch.float64), 0.0,
-                   z(c_out, dtype=torch.float64), 0)
+    def empty(cls, c_in: int, c_out: int, device=None) -> "Gram":
+        def z(*shape):
+            return torch.zeros(*shape, dtype=torch.float64, device=device)
+        return cls(z(c_in, c_in), z(c_in, c_out), 0.0, z(c_out), 0)
 
     def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
         x = x.reshape(-1, x.shape[-1]).double()
@@ -73,13 +73,14 @@ class Gram:
 
     def solve(self, ridge: float = 1e-3) -> torch.Tensor:
         """W (Cout, Cin) minimising Σ|y − W x|² + λ|W|², with λ = ``ridge`` × mean diagonal of XᵀX."""
-        lam = ridge * float(self.xx.diagonal().mean())
-        eye = torch.eye(self.xx.shape[0], dtype=torch.float64)
-        return torch.linalg.solve(self.xx + lam * eye, self.xy).T.float()
+        xx, xy = self.xx.cpu(), self.xy.cpu()
+        lam = ridge * float(xx.diagonal().mean())
+        eye = torch.eye(xx.shape[0], dtype=torch.float64)
+        return torch.linalg.solve(xx + lam * eye, xy).T.float()
 
     def r2(self, w: torch.Tensor) -> float:
         """1 − SSE/SST of the prediction x·Wᵀ on these statistics (SST around the mean of y)."""
-        w = w.double()
+        w = w.double().to(self.xx.device)
         sse = self.yy - 2 * float((w.T * self.xy).sum()) + float(((w @ self.xx) * w).sum())
         sst = self.yy - float((self.y_sum ** 2).sum()) / max(self.n, 1)
         return 1.0 - sse / max(sst, 1e-30)
@@ -134,15 +135,16 @@ def fit_topdown(model, images: torch.Tensor, *, mean=None, std=None, td_gain: fl
     model.eval()
     blocks = list(model.vit.blocks)
     L, C = len(blocks), model.vit.embed_dim
-    io_grams = [Gram.empty(C, C) for _ in blocks]
-    p_gram = Gram.empty(C, C)
+    dev = next(model.parameters()).device
+    io_grams = [Gram.empty(C, C, dev) for _ in blocks]
+    p_gram = Gram.empty(C, C, dev)
     n_prefix = int(model.num_prefix_tokens)
-    prefix_sum = torch.zeros(C, dtype=torch.float64)
-    patch_sum = torch.zeros(C, dtype=torch.float64)
+    prefix_sum = torch.zeros(C, dtype=torch.float64, device=dev)
+    patch_sum = torch.zeros(C, dtype=torch.float64, device=dev)
     n_images = n_patches = 0
     n_batches = -(-len(images) // batch_size)
     for i, x in enumerate(_batches(images, batch_size)):
-        out = model.run_blocks(_as_float(x, mean, std), collect_io=True)
+        out = model.run_blocks(_as_float(x, mean, std).to(dev), collect_io=True)
         for g, (x_in, x_out) in zip(io_grams, out.block_io):
             g.add(x_out, x_in)
         p_gram.add(out.tokens, out.block_io[-1][1])
@@ -152,21 +154,21 @@ def fit_topdown(model, images: torch.Tensor, *, mean=None, std=None, td_gain: fl
         n_patches += out.tokens.shape[0] * (out.tokens.shape[1] - n_prefix)
         if progress:
             progress(0.5 * (i + 1) / n_batches, f"stage 1: block statistics, batch {i + 1}/{n_batches}")
-    A = [g.solve(ridge) for g in io_grams]
-    P = p_gram.solve(ridge).T  # out ≈ x·P (tokens as rows)
-    b_grams = [Gram.empty(C, C) for _ in blocks]
+    A = [g.solve(ridge).to(dev) for g in io_grams]
+    P = p_gram.solve(ridge).T.to(dev)  # out ≈ x·P (tokens as rows)
+    b_grams = [Gram.empty(C, C, dev) for _ in blocks]
     for i, x in enumerate(_batches(images, batch_size)):
-        out = model.run_blocks(_as_float(x, mean, std), collect_io=True)
+        out = model.run_blocks(_as_float(x, mean, std).to(dev), collect_io=True)
         for g, blk, h, (x_in, _) in zip(b_grams, blocks, _chain(model, out.tokens, A, P), out.block_io):
             g.add(h, _norm1_target(blk, x_in))
         if progress:
             progress(0.5 + 0.5 * (i + 1) / n_batches, f"stage 1: feedback targets, batch {i + 1}/{n_batches}")
-    B = [g.solve(ridge) * td_gain for g in b_grams]
-    xi = (prefix_sum / max(n_images, 1) - patch_sum / max(n_patches, 1)).float()
+    B = [g.solve(ridge) * td_gain for g in b_grams]  # on the CPU
+    xi = (prefix_sum / max(n_images, 1) - patch_sum / max(n_patches, 1)).float().cpu()
     model.train(was_training)
-    tensors = {"prompt": xi / xi.norm().clamp_min(1e-12), "top_down_transform": P.contiguous()}
+    tensors = {"prompt": xi / xi.norm().clamp_min(1e-12), "top_down_transform": P.cpu().contiguous()}
     for l in range(L):
-        tensors[f"decoders.{l}.linear.weight"] = A[l].contiguous()
+        tensors[f"decoders.{l}.linear.weight"] = A[l].cpu().contiguous()
         tensors[f"decoders.{l}.linear2.weight"] = B[l].contiguous()
     return tensors
 
@@ -200,24 +202,25 @@ def stage1_diagnostics(model, images: torch.Tensor, tensors: Optional[dict] = No
     model.eval()
     blocks = list(model.vit.blocks)
     L, C = len(blocks), model.vit.embed_dim
-    A = [tensors[f"decoders.{l}.linear.weight"].float() for l in range(L)]
-    B = [tensors[f"decoders.{l}.linear2.weight"].float() for l in range(L)]
-    P, xi = tensors["top_down_transform"].float(), tensors["prompt"].float()
-    rec = [Gram.empty(C, C) for _ in blocks]
+    dev = next(model.parameters()).device
+    A = [tensors[f"decoders.{l}.linear.weight"].float().to(dev) for l in range(L)]
+    B = [tensors[f"decoders.{l}.linear2.weight"].float().to(dev) for l in range(L)]
+    P, xi = tensors["top_down_transform"].float().to(dev), tensors["prompt"].float().to(dev)
+    rec = [Gram.empty(C, C, dev) for _ in blocks]
     chain_sse = torch.zeros(L, dtype=torch.float64)
-    chain_stats = [Gram.empty(1, C) for _ in blocks]  # y statistics of in_l, for SST
+    chain_stats = [Gram.empty(1, C, dev) for _ in blocks]  # y statistics of in_l, for SST
     td_sse = torch.zeros(L, dtype=torch.float64)
-    td_stats = [Gram.empty(1, C) for _ in blocks]
+    td_stats = [Gram.empty(1, C, dev) for _ in blocks]
     vnum = torch.zeros(L, dtype=torch.float64)
     vden = torch.zeros(L, dtype=torch.float64)
     gates = []
     for x in _batches(images, batch_size):
-        out = model.run_blocks(_as_float(x, mean, std), collect_io=True)
+        out = model.run_blocks(_as_float(x, mean, std).to(dev), collect_io=True)
         hs = _chain(model, out.tokens, A, P)
         gates.append(F.cosine_similarity(out.tokens, xi.view(1, 1, -1), dim=-1).clamp(0, 1).flatten())
         for l, (blk, (x_in, x_out)) in enumerate(zip(blocks, out.block_io)):
             rec[l].add(x_out, x_in)
-            ones = torch.ones(*x_in.shape[:-1], 1)
+            ones = torch.ones(*x_in.shape[:-1], 1, device=dev)
             chain_stats[l].add(ones, x_in)
             chain_sse[l] += float(((hs[l] - x_in) ** 2).sum())
             target = _norm1_target(blk, x_in)
@@ -236,7 +239,7 @@ def stage1_diagnostics(model, images: torch.Tensor, tensors: Optional[dict] = No
     layers = [{"layer": l + 1, "r2_reconstruction": rec[l].r2(A[l]), "r2_chain": r2_from(chain_sse[l], chain_stats[l]),
                "r2_td": r2_from(td_sse[l], td_stats[l]), "value_ratio": float(vnum[l] / vden[l].clamp_min(1e-30))}
               for l in range(L)]
-    g = torch.cat(gates)
+    g = torch.cat(gates).cpu()
     return {"layers": layers, "gate": {"mean": float(g.mean()), "open_fraction": float((g > 0).float().mean()),
                                        "min": float(g.min()), "max": float(g.max())},
             "n_tokens": int(rec[0].n), "n_images": int(len(images))}
