@@ -314,3 +314,18 @@ def test_lr_scales_by_parameter_name_give_their_own_groups():
     assert by_id[id(model.vit.head.weight)]["lr"] == pytest.approx(1e-2)
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert sorted(map(id, trainable)) == sorted(by_id)  # every trainable parameter once
+    # Globs tell A_l from B_l; relative_lr multiplies by each parameter's RMS at the start.
+    with torch.no_grad():
+        model.decoders[1].linear2.weight.mul_(50.0)
+    cfg = TrainConfig(lr=1e-2, lr_scales=(("decoders.*.linear.*", 1e-3), ("decoders.*.linear2.*", 0.1)),
+                      relative_lr=("decoders.*.linear2.*",))
+    opt = build_optimizer(model, cfg)
+    set_lr(opt, cfg.lr)
+    by_id = {id(p): g for g in opt.param_groups for p in g["params"]}
+    for dec in model.decoders:
+        rms = float(dec.linear2.weight.pow(2).mean().sqrt())
+        assert by_id[id(dec.linear.weight)]["lr"] == pytest.approx(1e-5)
+        assert by_id[id(dec.linear2.weight)]["lr"] == pytest.approx(1e-3 * rms, rel=1e-5)
+    assert by_id[id(model.decoders[1].linear2.weight)]["lr"] > 10 * by_id[id(model.decoders[0].linear2.weight)]["lr"]
+    assert sorted(map(id, trainable)) == sorted(by_id)
+    assert "relative_lr" not in TrainConfig().signature()  # older runs keep their signature

@@ -67,13 +67,12 @@ class TrainConfig:
         weight_decay: applied to matrices; biases, norms and 1-D parameters (ξ) get none.
         head_lr_scale: the classifier head's learning rate = ``lr * head_lr_scale`` (useful for full
             fine-tuning, where the backbone wants a much lower rate than a fresh head).
-        lr_scales: ``((name_prefix, scale), ...)``: parameters whose name starts with a prefix or matches
-            it as a glob (first match) train at ``lr * scale``, e.g. ``(("prompt", 100.0),)`` for TOAST's ξ, a unit-free
-            direction that barely turns at the rate of the feedback matrices. The head keeps
-            ``head_lr_scale``.
-        relative_lr: name prefixes whose parameters' rate is also multiplied by the parameter's RMS when
-            training starts, so Adam changes them by the same fraction per step whatever their scale
-            (TOAST's B_l, fitted in stage 1 to norms from 100 to 1500, e.g. ``("decoders",)``).
+        lr_scales: ``((pattern, scale), ...)``: parameters whose name starts with the pattern or matches
+            it as a glob (first match) train at ``lr * scale``, e.g. ``(("decoders.*.linear.*", 1e-3),)``
+            for TOAST's chained A_l. The head keeps ``head_lr_scale``.
+        relative_lr: patterns (as in ``lr_scales``) whose parameters' rate is also multiplied by the
+            parameter's RMS when training starts, so Adam changes them by the same fraction per step
+            whatever their scale (TOAST's B_l, RMS 0.3–4 after stage 1: ``("decoders.*.linear2.*",)``).
         warmup_epochs: linear warm-up length (fractions allowed), then cosine decay to ``min_lr_ratio * lr``.
         label_smoothing: of the cross-entropy.
         grad_clip: max global gradient norm (0 = off).
