@@ -109,6 +109,52 @@ def test_head_only_models_train_on_cached_features_with_the_same_result():
     assert cached.val["accuracy"] == direct.val["accuracy"]
 
 
+def test_toast_trains_on_a_cached_bottom_up_pass_with_the_same_result():
+    """The memoised bottom-up pass (keyed by image content, so flips are their own entries) gives the
+    same weights as recomputing it, and from the second epoch every step hits the cache."""
+    from toast_core.demo import TensorImageDataset
+    from toast_core.first_pass import FirstPassCache
+
+    base = toy_data()
+    x = (base.tensors[0].clamp(-2, 2) * 60 + 128).round().to(torch.uint8)  # as the demo holds images
+    data = TensorImageDataset(x, base.tensors[1], (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), hflip=True)
+    cfg = dict(epochs=3, batch_size=10, lr=1e-2, seed=3)
+    results, hits = [], []
+    for cache in (True, False):
+        torch.manual_seed(0)  # the same flips in both runs
+        model = tiny_model("toast")
+        calls = []
+        original = FirstPassCache.__call__
+
+        def spy(self, images, _calls=calls):
+            _calls.append(self)
+            return original(self, images)
+
+        FirstPassCache.__call__ = spy
+        try:
+            results.append(train(model, data, data, TrainConfig(**cfg, cache_first_pass=cache)))
+        finally:
+            FirstPassCache.__call__ = original
+        hits.append(calls[-1].hit_rate if calls else None)
+    (a, b) = results
+    for (n, p), (_, q) in zip(trainable(a.model).items(), trainable(b.model).items()):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=n)
+    assert hits[1] is None and hits[0] > 0.3  # epochs 2-3 see the 80 (image, flip) keys again
+
+
+def test_first_pass_cache_computes_each_image_once_and_respects_its_memory_cap():
+    from toast_core.first_pass import FirstPassCache
+
+    seen = []
+    cache = FirstPassCache(lambda x: (seen.append(len(x)), x.mean(dim=(2, 3)))[1], max_bytes=3 * 3 * 4)
+    imgs = torch.randn(5, 3, 4, 4)
+    out = cache(imgs)
+    torch.testing.assert_close(out, imgs.mean(dim=(2, 3)))
+    again = cache(torch.cat([imgs[:2], imgs.flip(-1)[:1]]))  # two stored, one new (a flip)
+    torch.testing.assert_close(again, torch.cat([imgs[:2], imgs.flip(-1)[:1]]).mean(dim=(2, 3)))
+    assert seen == [5, 1] and len(cache.store) == 3 and cache.hits == 2 and cache.misses == 6
+
+
 def test_stop_then_resume_equals_an_uninterrupted_run(tmp_path):
     data = toy_data()
     cfg = TrainConfig(epochs=3, batch_size=10, lr=1e-2, seed=3)

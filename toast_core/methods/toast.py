@@ -200,17 +200,27 @@ class _TOASTBase(TransferModel):
         """
         return self._two_passes(images, td_scale, xi, collect_io=False)[0]
 
-    def _two_passes(self, images, td_scale=1.0, xi=None, collect_io=False):
-        first = self.bottom_up(images)
-        values = self.value_terms(first.tokens, xi, first.grid, td_scale)
+    def first_pass_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """The bottom-up pass's output tokens (no gradient): what :class:`~toast_core.first_pass.FirstPassCache`
+        memoises while training (the trainer passes it back as ``first_pass``)."""
+        return self.bottom_up(images).tokens
+
+    def _two_passes(self, images, td_scale=1.0, xi=None, collect_io=False, first_pass=None):
+        if first_pass is None:
+            first = self.bottom_up(images)
+            tokens, grid = first.tokens, first.grid
+        else:  # training with a cached bottom-up pass: nothing records here, so no grid is needed
+            tokens, grid = first_pass(images), None
+        values = self.value_terms(tokens, xi, grid, td_scale)
         recorder_begin_pass(TOP_DOWN)
         second = self.run_blocks(images, values=values, collect_io=collect_io)
         return self.classify(second.tokens), second
 
-    def training_outputs(self, images: torch.Tensor, stage: str = "tune"):
-        """Logits and extra losses; pre-tuning adds the reconstruction loss."""
+    def training_outputs(self, images: torch.Tensor, stage: str = "tune", first_pass=None):
+        """Logits and extra losses; pre-tuning adds the reconstruction loss. ``first_pass``: a callable
+        images → bottom-up tokens (e.g. a :class:`~toast_core.first_pass.FirstPassCache`)."""
         want_rec = stage == "pretune" and self.config.recon_weight > 0
-        logits, second = self._two_passes(images, collect_io=want_rec)
+        logits, second = self._two_passes(images, collect_io=want_rec, first_pass=first_pass)
         extra = {}
         if want_rec:
             extra["reconstruction"] = reconstruction_loss(second.block_io, self.decoders, self.config.recon_weight)
