@@ -404,8 +404,10 @@ def test_cli_quick_end_to_end(tmp_path, monkeypatch):
     assert all(f"| {m} |" in md for m in methods) and "deletion AUC" in md
 
 
-def test_cli_errors(tmp_path, capsys):
+def test_cli_errors(tmp_path, capsys, monkeypatch):
     from toast_core.cli import main
+
+    monkeypatch.setenv("TOAST_HOME", str(tmp_path / "empty-home"))  # other tests may have built demo models
 
     assert main(["analyze", "--out", str(tmp_path)]) == 1
     assert "choose models" in capsys.readouterr().err

@@ -59,10 +59,12 @@ def test_toast_inspector_steering_slider_updates_maps_and_prediction(page, app_s
         np.testing.assert_allclose(chart_z(page, ".st-key-ins-bottom-up"), as_trained.bottom_up[depth - 1], atol=1e-6)
         if scale == 0.0:  # no top-down signal: the second pass is the first pass
             np.testing.assert_allclose(z_td, want.bottom_up[depth - 1], atol=1e-5)
-        # the per-layer size of the top-down signal follows the slider: applied = scale x as trained
+        # the top-down term against the values it is added to (%), per layer: applied and as trained;
+        # block 1's values do not depend on the steering, so there applied = scale x as trained
         applied, trained = np.asarray(chart_y(page, ".st-key-ins-td-chart", 0)), np.asarray(chart_y(page, ".st-key-ins-td-chart", 1))
-        np.testing.assert_allclose(trained, as_trained.td_norm, rtol=1e-5)
-        np.testing.assert_allclose(applied, scale * as_trained.td_norm, rtol=1e-4, atol=1e-12)
+        np.testing.assert_allclose(trained, 100 * as_trained.value_ratio_trained, rtol=1e-5)
+        np.testing.assert_allclose(applied, 100 * want.value_ratio, rtol=1e-4, atol=1e-12)
+        assert applied[0] == pytest.approx(scale * trained[0], rel=1e-4, abs=1e-12)
         assert trained.max() > 0
 
     # the inspector's own layer slider
