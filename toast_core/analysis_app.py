@@ -53,7 +53,7 @@ HEADLINE_LABELS = {
     "deletion_auc": "deletion AUC ↓",
     "insertion_auc": "insertion AUC ↑",
     "gate_energy_target": "TOAST gate E target",
-    "td_ratio_layers": "TOAST |W_v td|/|v| (layer mean)",
+    "td_ratio_layers": "TOAST ‖W_v td‖/‖v‖ (layer mean)",
 }
 
 

@@ -160,7 +160,7 @@ _HEADLINE_COLS = [("accuracy", "accuracy"), ("energy_target_last", "E target (la
                   ("pointing_hit", "pointing (last)"), ("iou", "IoU (last)"), ("auc", "AUC (last)"),
                   ("part_hit", "part hit (last)"), ("deletion_auc", "deletion AUC ↓"),
                   ("insertion_auc", "insertion AUC ↑"), ("gate_energy_target", "TOAST gate E target"),
-                  ("td_ratio_layers", "TOAST |W_v td|/|v| (layer mean)")]
+                  ("td_ratio_layers", "TOAST ‖W_v td‖/‖v‖ (layer mean)")]
 
 
 def _fmt(t: tuple) -> str:
