@@ -107,14 +107,14 @@ def _recipes(epochs: int) -> tuple:
     toast_groups = (("prompt", 1.0), ("decoders.*.linear.*", 1e-3), ("decoders.*.linear2.*", 0.1))
     lite_groups = (("prompt", 1.0), ("top_down_transform", 0.1), ("decoders.*", 0.1))
     return (
-        MethodRecipe("linear", lr=3e-3, epochs=epochs, warmup_epochs=1.0),
+        MethodRecipe("linear", lr=9e-3, epochs=epochs, warmup_epochs=1.0),
         MethodRecipe("finetune", lr=5e-5, epochs=epochs, weight_decay=0.05, head_lr_scale=20.0),
         MethodRecipe("lora", lr=5e-3, epochs=epochs),
         MethodRecipe("vpt-shallow", lr=3e-3, epochs=epochs, head_lr_scale=3.0),
         MethodRecipe("vpt-deep", lr=5e-3, epochs=epochs),
         MethodRecipe("toast", lr=1e-2, epochs=epochs, weight_decay=0.01, pretuned=True, lr_scales=toast_groups,
                      relative_lr=("decoders.*.linear2.*",)),
-        MethodRecipe("toast-lite", lr=1e-2, epochs=epochs, weight_decay=0.01, pretuned=True, lr_scales=lite_groups,
+        MethodRecipe("toast-lite", lr=3e-2, epochs=epochs, weight_decay=0.01, pretuned=True, lr_scales=lite_groups,
                      relative_lr=("top_down_transform",)),
     )
 
