@@ -369,7 +369,7 @@ def test_lr_scales_by_parameter_name_give_their_own_groups():
     set_lr(opt, cfg.lr)
     by_id = {id(p): g for g in opt.param_groups for p in g["params"]}
     for dec in model.decoders:
-        rms = float(dec.linear2.weight.pow(2).mean().sqrt())
+        rms = float(dec.linear2.weight.detach().pow(2).mean().sqrt())
         assert by_id[id(dec.linear.weight)]["lr"] == pytest.approx(1e-5)
         assert by_id[id(dec.linear2.weight)]["lr"] == pytest.approx(1e-3 * rms, rel=1e-5)
     assert by_id[id(model.decoders[1].linear2.weight)]["lr"] > 10 * by_id[id(model.decoders[0].linear2.weight)]["lr"]
