@@ -15,6 +15,7 @@ pre-tuned A_l/B_l become the frozen base weights and the LoRA adapters start fre
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -333,8 +334,8 @@ def pretune_least_squares(out_dir: str | os.PathLike, *, config: Optional[Stage1
     seconds = time.perf_counter() - t0
     record = {"kind": STAGE1_KIND, "settings": cfg.to_dict(), "diagnostics": diag, "seconds": round(seconds, 1)}
     meta = {"stage": "pretune", "complete": True, "classes": fit_set.class_names, "stage1": record,
-            "run_hash": hashlib.sha256(json_dumps({"stage1": cfg.to_dict(), "fit": fit_set.manifest_sha256,
-                                                   "backbone": backbone or DEFAULT_BACKBONE}).encode()).hexdigest()[:16],
+            "run_hash": hashlib.sha256(json.dumps({"stage1": cfg.to_dict(), "fit": fit_set.manifest_sha256,
+                                                   "backbone": backbone or DEFAULT_BACKBONE}, sort_keys=True).encode()).hexdigest()[:16],
             "data": {"kind": "generic-photo-crops", "image_size": cfg.image_size, "mean": list(mean), "std": list(std),
                      "n_train": cfg.n_fit, "n_val": cfg.n_held_out, "seed": cfg.seed,
                      "manifest_sha256": fit_set.manifest_sha256}, **(meta or {})}
@@ -343,8 +344,3 @@ def pretune_least_squares(out_dir: str | os.PathLike, *, config: Optional[Stage1
         progress(1.0, f"stage 1 fitted in {seconds:.0f} s")
     return read_checkpoint_info(out_dir)
 
-
-def json_dumps(obj) -> str:
-    import json
-
-    return json.dumps(obj, sort_keys=True, default=str)

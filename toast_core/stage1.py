@@ -99,7 +99,7 @@ def _as_float(images: torch.Tensor, mean, std) -> torch.Tensor:
     return images.float()
 
 
-def _chain(model, tokens: torch.Tensor, A: list, P: torch.Tensor) -> list:
+def _chain(tokens: torch.Tensor, A: list, P: torch.Tensor) -> list:
     """h_l = A_l ⋯ A_{L-1}·(x·P) for every block (list in block order)."""
     hs = [None] * len(A)
     h = tokens @ P
@@ -159,7 +159,7 @@ def fit_topdown(model, images: torch.Tensor, *, mean=None, std=None, td_gain: fl
     b_grams = [Gram.empty(C, C, dev) for _ in blocks]
     for i, x in enumerate(_batches(images, batch_size)):
         out = model.run_blocks(_as_float(x, mean, std).to(dev), collect_io=True)
-        for g, blk, h, (x_in, _) in zip(b_grams, blocks, _chain(model, out.tokens, A, P), out.block_io):
+        for g, blk, h, (x_in, _) in zip(b_grams, blocks, _chain(out.tokens, A, P), out.block_io):
             g.add(h, _norm1_target(blk, x_in))
         if progress:
             progress(0.5 + 0.5 * (i + 1) / n_batches, f"stage 1: feedback targets, batch {i + 1}/{n_batches}")
@@ -216,7 +216,7 @@ def stage1_diagnostics(model, images: torch.Tensor, tensors: Optional[dict] = No
     gates = []
     for x in _batches(images, batch_size):
         out = model.run_blocks(_as_float(x, mean, std).to(dev), collect_io=True)
-        hs = _chain(model, out.tokens, A, P)
+        hs = _chain(out.tokens, A, P)
         gates.append(F.cosine_similarity(out.tokens, xi.view(1, 1, -1), dim=-1).clamp(0, 1).flatten())
         for l, (blk, (x_in, x_out)) in enumerate(zip(blocks, out.block_io)):
             rec[l].add(x_out, x_in)
