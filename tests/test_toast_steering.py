@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from toast_core.errors import InputError
 from toast_core.methods.toast import feedback_operators, select_tokens
 from toast_core.stage1 import Gram, fit_topdown, stage1_diagnostics, topdown_tensors
 
@@ -107,11 +108,22 @@ def test_fit_topdown_inverts_the_blocks_and_scales_td_to_the_normalised_input():
     ratios = [r["value_ratio"] for r in diag["layers"]]
     assert all(0.5 < r < 3.0 for r in ratios), ratios
     assert 0 < diag["gate"]["open_fraction"] < 1 and diag["gate"]["mean"] > 0.05  # ξ starts open on part
-    # ξ = unit(mean final CLS token − mean final patch token) over the fitting images.
+    # ξ = the patch tokens' first principal component over the fitting images, orthogonal to their
+    # mean, signed to agree with mean CLS − mean patch (which is itself the "cls-minus-patch" start).
     with torch.no_grad():
         tok = model.run_blocks(train).tokens
-    xi = tok[:, 0].mean(0) - tok[:, 1:].reshape(-1, tok.shape[-1]).mean(0)
-    torch.testing.assert_close(fitted["prompt"], xi / xi.norm(), atol=1e-5, rtol=1e-4)
+    patches = tok[:, 1:].reshape(-1, tok.shape[-1]).double()
+    diff = tok[:, 0].mean(0).double() - patches.mean(0)
+    _, _, v = torch.linalg.svd(patches - patches.mean(0), full_matrices=False)
+    mu = patches.mean(0) / patches.mean(0).norm()
+    pc1 = v[0] - (v[0] @ mu) * mu
+    pc1 = pc1 / pc1.norm() * torch.sign(pc1 @ diff)
+    assert float(fitted["prompt"].double() @ pc1) == pytest.approx(1.0, abs=1e-4)
+    assert float(fitted["prompt"].double() @ mu) == pytest.approx(0.0, abs=1e-5)  # the mean token sits at cos 0
+    legacy = fit_topdown(model, train, td_gain=2.0, ridge=1e-4, xi_init="cls-minus-patch")["prompt"]
+    torch.testing.assert_close(legacy, (diff / diff.norm()).float(), atol=1e-5, rtol=1e-4)
+    with pytest.raises(InputError):
+        fit_topdown(model, train, xi_init="randn")
     # Diagnostics match a direct computation for one layer.
     with torch.no_grad():
         out = model.run_blocks(held_out, collect_io=True)

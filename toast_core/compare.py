@@ -660,7 +660,7 @@ def stage1_table(stage1: dict) -> str:
 
     settings = stage1.get("settings") or {}
     head = (f"{stage1.get('kind', '?')} fit, td gain {settings.get('td_gain', '?')}, "
-            f"{settings.get('n_fit', '?')} generic crops at {settings.get('image_size', '?')} px.\n\n")
+            f"ξ start {settings.get('xi_init', 'cls-minus-patch')}, {settings.get('n_fit', '?')} generic crops at {settings.get('image_size', '?')} px.\n\n")
     return head + diagnostics_markdown(stage1["diagnostics"])
 
 

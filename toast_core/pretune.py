@@ -273,6 +273,8 @@ class Stage1Config:
         image_size: crop side (the model's input side).
         td_gain: B_l maps h_l to td_gain × (norm1(in_l) − β_l).
         ridge: λ relative to each Gram matrix's mean diagonal.
+        xi_init: ξ's start (:func:`toast_core.stage1.initial_xi`): ``"pc1"`` (the patch tokens' first
+            principal component, orthogonal to their mean) or ``"cls-minus-patch"`` (mean CLS token minus mean patch token).
     """
 
     n_fit: int = 1050
@@ -280,6 +282,7 @@ class Stage1Config:
     image_size: int = 112
     td_gain: float = 2.0
     ridge: float = 1e-3
+    xi_init: str = "pc1"
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -322,7 +325,7 @@ def pretune_least_squares(out_dir: str | os.PathLike, *, config: Optional[Stage1
 
     model.to(device)  # the forward passes and Gram matrices run there; the solves on the CPU
     tensors = fit_topdown(model, fit_set.images, mean=mean, std=std, td_gain=cfg.td_gain, ridge=cfg.ridge,
-                          progress=fit_progress)
+                          xi_init=cfg.xi_init, progress=fit_progress)
     state = model.state_dict()
     with torch.no_grad():
         for k, v in tensors.items():

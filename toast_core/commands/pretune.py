@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--td-gain", type=float, default=2.0,
                         help="B_l maps the chained state to td-gain x (norm1(x_l) - beta): the top-down term's scale")
     parser.add_argument("--ridge", type=float, default=1e-3, help="ridge lambda relative to the Gram diagonal")
+    parser.add_argument("--xi-init", choices=("pc1", "cls-minus-patch"), default="pc1",
+                        help="xi's start: the patch tokens' first principal component (orthogonal to their "
+                             "mean), or mean CLS - mean patch")
     parser.add_argument("--gradient", action="store_true",
                         help="gradient pre-tuning (task + reconstruction loss) instead of the least-squares fit")
     parser.add_argument("--recon-weight", type=float, default=0.1, help="λ of the reconstruction loss (--gradient)")
@@ -36,7 +39,8 @@ def run(args) -> int:
         from ..stage1 import diagnostics_markdown
 
         cfg = Stage1Config(n_fit=args.images, n_held_out=args.val_images, image_size=args.image_size,
-                           td_gain=args.td_gain, ridge=args.ridge, seed=args.seed)
+                           td_gain=args.td_gain, ridge=args.ridge, xi_init=args.xi_init,
+                           seed=args.seed)
         info = pretune_least_squares(args.out, config=cfg, pretrained=pretrained_from_args(args.pretrained),
                                      backbone=args.backbone,
                                      backbone_kwargs=parse_json_arg(args.backbone_kwargs, "--backbone-kwargs"),
