@@ -70,7 +70,7 @@ def test_shipped_stage1_fits_the_cpu_plan_and_reconstructs_held_out_crops():
         assert 0.5 < mine["value_ratio"] < 5  # the top-down term is on the scale of the values
 
 
-@pytest.mark.parametrize("method,over_background", [("toast", 1.5), ("toast-lite", 1.25)])
+@pytest.mark.parametrize("method,over_background", [("toast", 2.0), ("toast-lite", 1.75)])
 def test_shipped_toast_steers_on_the_gallery(method, over_background):
     """What the TOAST inspector shows on the gallery images, from the shipped checkpoint: the gate
     opens on the objects more than on the background, and the top-down term is a sizeable share of the
@@ -100,6 +100,7 @@ def test_shipped_toast_steers_on_the_gallery(method, over_background):
         on_target.append(float((insp.gate * target).sum() / target.sum()))
         on_background.append(float((insp.gate * background).sum() / background.sum()))
         ratios.append(insp.value_ratio_trained)
-    # measured at shipping: TOAST 0.47 vs 0.26, TOAST-Lite 0.34 vs 0.23 (mean gate per patch)
+    # measured at shipping (mean gate per patch, target / distractors / background): TOAST 0.38 / 0.30 /
+    # 0.15, TOAST-Lite 0.34 / 0.29 / 0.15; with the previous ξ start TOAST had 0.47 vs 0.26 on background
     assert np.mean(on_target) > over_background * np.mean(on_background), (on_target, on_background)
     assert np.min(ratios) > 0.05, np.min(ratios, axis=0)  # the inspector's top-down chart is not empty
