@@ -659,8 +659,9 @@ def stage1_table(stage1: dict) -> str:
     from .stage1 import diagnostics_markdown
 
     settings = stage1.get("settings") or {}
-    head = (f"{stage1.get('kind', '?')} fit, td gain {settings.get('td_gain', '?')}, "
-            f"ξ start {settings.get('xi_init', 'cls-minus-patch')}, {settings.get('n_fit', '?')} generic crops at {settings.get('image_size', '?')} px.\n\n")
+    xi_init = settings.get("xi_init", "cls-minus-patch")  # stage-1 fits from before the setting used it
+    head = (f"{stage1.get('kind', '?')} fit, td gain {settings.get('td_gain', '?')}, ξ start {xi_init}, "
+            f"{settings.get('n_fit', '?')} generic crops at {settings.get('image_size', '?')} px.\n\n")
     return head + diagnostics_markdown(stage1["diagnostics"])
 
 

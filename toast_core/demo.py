@@ -102,8 +102,9 @@ def _recipes(epochs: int) -> tuple:
     (:mod:`toast_core.stage1`), so its recipe sets them apart: the head at the base rate; ξ (unit norm)
     at 0.1 of it (at the full rate stage 2 turns ξ from its object-selective stage-1 start toward the
     background, with no gain in accuracy); the chained A_l at 1e-3 of it (they multiply along the chain:
-    at 1e-3…1e-4 the early layers' td grew 30–70×); each B_l at 0.1 × base × its own RMS (``relative_lr``: B_l's RMS runs from 0.3 to 4),
-    so every block's output map changes by the same fraction per step. TOAST-Lite trains ξ, P (relative
+    at 1e-3…1e-4 the early layers' td grew 30–70×); each B_l at 0.1 × base × its own RMS
+    (``relative_lr``: B_l's RMS runs from 0.3 to 4), so every block's output map changes by the same
+    fraction per step. TOAST-Lite trains ξ, P (relative
     rate) and rank-4 LoRA updates of A_l/B_l on the stage-1 weights."""
     toast_groups = (("prompt", 0.1), ("decoders.*.linear.*", 1e-3), ("decoders.*.linear2.*", 0.1))
     lite_groups = (("prompt", 1.0), ("top_down_transform", 0.1), ("decoders.*", 0.1))

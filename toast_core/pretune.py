@@ -274,7 +274,8 @@ class Stage1Config:
         td_gain: B_l maps h_l to td_gain × (norm1(in_l) − β_l).
         ridge: λ relative to each Gram matrix's mean diagonal.
         xi_init: ξ's start (:func:`toast_core.stage1.initial_xi`): ``"pc1"`` (the patch tokens' first
-            principal component, orthogonal to their mean) or ``"cls-minus-patch"`` (mean CLS token minus mean patch token).
+            principal component, orthogonal to their mean) or ``"cls-minus-patch"`` (mean CLS token
+            minus mean patch token).
     """
 
     n_fit: int = 1050
@@ -338,7 +339,8 @@ def pretune_least_squares(out_dir: str | os.PathLike, *, config: Optional[Stage1
     record = {"kind": STAGE1_KIND, "settings": cfg.to_dict(), "diagnostics": diag, "seconds": round(seconds, 1)}
     meta = {"stage": "pretune", "complete": True, "classes": fit_set.class_names, "stage1": record,
             "run_hash": hashlib.sha256(json.dumps({"stage1": cfg.to_dict(), "fit": fit_set.manifest_sha256,
-                                                   "backbone": backbone or DEFAULT_BACKBONE}, sort_keys=True).encode()).hexdigest()[:16],
+                                                   "backbone": backbone or DEFAULT_BACKBONE},
+                                                  sort_keys=True).encode()).hexdigest()[:16],
             "data": {"kind": "generic-photo-crops", "image_size": cfg.image_size, "mean": list(mean), "std": list(std),
                      "n_train": cfg.n_fit, "n_val": cfg.n_held_out, "seed": cfg.seed,
                      "manifest_sha256": fit_set.manifest_sha256}, **(meta or {})}

@@ -184,7 +184,8 @@ def fit_topdown(model, images: torch.Tensor, *, mean=None, std=None, td_gain: fl
 XI_INITS = ("pc1", "cls-minus-patch")
 
 
-def initial_xi(kind: str, cls_mean: torch.Tensor, patch_mean: torch.Tensor, patch_second_moment: torch.Tensor) -> torch.Tensor:
+def initial_xi(kind: str, cls_mean: torch.Tensor, patch_mean: torch.Tensor,
+               patch_second_moment: torch.Tensor) -> torch.Tensor:
     """ξ's task-agnostic start (unit norm, float32 on the CPU) from generic-image token statistics.
 
     ``"cls-minus-patch"``: the mean final CLS token minus the mean final patch token. ``"pc1"``: the
