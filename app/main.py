@@ -16,7 +16,10 @@ import streamlit as st  # noqa: E402
 
 from app import state  # noqa: E402
 
-st.set_page_config(page_title="Where do transfer methods look?", page_icon=":material/compare:", layout="wide")
+# The page icon is a local PNG (a ``:material/...:`` page icon makes the browser fetch an SVG from
+# fonts.gstatic.com on every load; the app sends no request anywhere but to its own server).
+ICON = ROOT / "app" / "static" / "icon.png"
+st.set_page_config(page_title="Where do transfer methods look?", page_icon=str(ICON), layout="wide")
 state.keep_widget_state()
 page = st.navigation([
     st.Page("views/compare.py", title="Compare", icon=":material/compare:", default=True),
