@@ -8,6 +8,9 @@ are switched on per call, never by mutating the module:
   computed with fused attention and only the prefix-token query rows of ``softmax(QKᵀ/√d)`` are
   computed on the side (O(N) extra work instead of O(N²)); in ``"full"`` mode the layer runs the
   unfused path and hands over the whole (B, H, N, N) matrix.
+* **attribution hooks**: an active recorder sees (and may replace) the layer's input, its q, k, v and
+  its per-head output; the base recorder passes them through unchanged, the recorders of
+  :mod:`toast_core.attribution` use them for gradients w.r.t. attention with fused attention kept on.
 * **top-down steering** (TOAST): while a :func:`steering` context maps this module to a value term
   ``dv`` (B, H, N, D), the values become ``V + dv`` (queries and keys untouched). TOAST builds ``dv``
   from its top-down signal td as ``W_v·td`` (:meth:`SteerableAttention.value_projection`; in the
@@ -123,6 +126,8 @@ class SteerableAttention(Attention):
         B, N, C = x.shape
         rec = current_recorder()
         dv = _lookup_values(self) if _local.__dict__.get("stack") else None
+        if rec is not None:  # attribution recorders may swap in a leaf or re-route gradients (no-ops otherwise)
+            x = rec.attention_input(self, x)
 
         gate = self.gate(x).sigmoid() if self.gate is not None else None
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -132,6 +137,8 @@ class SteerableAttention(Attention):
             if rec is not None:
                 rec.add_value_term(self, dv, v)
             v = v + dv
+        if rec is not None:
+            q, k, v = rec.attention_qkv(self, q, k, v)
 
         full = rec is not None and rec.wants_full(self)
         if self.fused_attn and not full:
@@ -154,6 +161,8 @@ class SteerableAttention(Attention):
             if rec is not None:
                 rec.add_attention(self, attn, full=True)
             out = self.attn_drop(attn) @ v
+        if rec is not None:
+            out = rec.attention_output(self, q, k, v, out)  # (B, H, N, D)
 
         out = out.transpose(1, 2).reshape(B, N, self.attn_dim)
         out = self.norm(out)

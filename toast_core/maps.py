@@ -7,7 +7,10 @@ Every function returns a float tensor shaped (B, h, w). Kinds (labels used on sc
   head-averaged attention mixed with the identity for the residual path, CLS row;
 * ``token_norm`` — L2 norm of each output token of a layer (the TOAST paper's figures use this);
 * ``integrated_gradients`` — Integrated Gradients of the predicted class w.r.t. the input pixels
-  (captum), |attribution| summed over channels and averaged per patch.
+  (captum), |attribution| summed over channels and averaged per patch;
+* ``gae``, ``legrad``, ``gradcam``, ``attnlrp`` — attribution kinds of :mod:`toast_core.attribution`
+  (Chefer's gradient-weighted rollout, LeGrad, Grad-CAM on the last block, AttnLRP), for a ``target``
+  class (default: the prediction); ``attnlrp`` is signed (:data:`SIGNED_KINDS`).
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .attribution import ATTRIBUTION_KINDS, SIGNED_KINDS, attribute, scope
 from .recording import AttentionResult, extract_attention
 
 MAP_KINDS: dict[str, str] = {
@@ -23,8 +27,11 @@ MAP_KINDS: dict[str, str] = {
     "rollout": "attention rollout",
     "token_norm": "token norm",
     "integrated_gradients": "Integrated Gradients",
+    **{key: label for key, (label, _) in ATTRIBUTION_KINDS.items()},
 }
 ATTENTION_KINDS = ("cls", "rollout", "token_norm")
+__all__ = ["ATTENTION_KINDS", "ATTRIBUTION_KINDS", "MAP_KINDS", "SIGNED_KINDS", "compute_map", "describe_map",
+           "integrated_gradients", "maps_for", "patch_grid", "rollout"]
 
 
 def _pass(result: AttentionResult, pass_name: Optional[str]) -> str:
@@ -126,18 +133,39 @@ def compute_map(kind: str, result: AttentionResult, *, layer: int = -1, head: Op
 
 def maps_for(model: torch.nn.Module, images: torch.Tensor, kind: str = "cls", *, layer: int = -1,
              head: Optional[int] = None, pass_name: Optional[str] = None,
-             forward_kwargs: Optional[dict] = None) -> tuple[torch.Tensor, AttentionResult]:
-    """Run the model once and return the chosen map kind (B, h, w) and the recorded result."""
+             forward_kwargs: Optional[dict] = None, target=None) -> tuple[torch.Tensor, AttentionResult]:
+    """Run the model once and return the chosen map kind (B, h, w) and the recorded result.
+
+    ``target`` (class per image, one class, or None = the prediction) is the class the gradient kinds
+    (``integrated_gradients`` and the attribution kinds) explain; attention kinds ignore it. The
+    attribution kinds ignore ``layer``, ``head`` and ``pass_name`` (what each explains: :func:`describe_map`).
+    """
+    if kind in ATTRIBUTION_KINDS:
+        a = attribute(kind, model, images, target=target, forward_kwargs=forward_kwargs)
+        return a.maps, a.result
     result = extract_attention(model, images, full=(kind == "rollout"), forward_kwargs=forward_kwargs)
     if kind == "integrated_gradients":
-        return integrated_gradients(model, images, forward_kwargs=forward_kwargs), result
+        return integrated_gradients(model, images, target=target, forward_kwargs=forward_kwargs), result
     return compute_map(kind, result, layer=layer, head=head, pass_name=pass_name), result
 
 
 def describe_map(kind: str, layer: Optional[int] = None, head: Optional[int] = None,
-                 pass_name: Optional[str] = None, num_layers: Optional[int] = None) -> str:
-    """A human label for a map, e.g. ``"CLS attention · layer 12/12 · head mean · top-down pass"``."""
+                 pass_name: Optional[str] = None, num_layers: Optional[int] = None,
+                 passes: Optional[tuple[str, ...]] = None) -> str:
+    """A human label for a map, e.g. ``"CLS attention · layer 12/12 · head mean · top-down pass"`` or
+    ``"LeGrad · ≥ 0 · top-down pass given bottom-up pass"``.
+
+    For the attribution kinds, ``passes`` (all pass names; default: TOAST's bottom-up then ``pass_name``)
+    says what the map explains on a multi-pass model.
+    """
     parts = [MAP_KINDS.get(kind, kind)]
+    if kind in ATTRIBUTION_KINDS:
+        parts.append("signed" if kind in SIGNED_KINDS else "≥ 0")
+        if passes is None and pass_name and pass_name != "main":
+            passes = ("bottom-up", pass_name)  # the one multi-pass method: TOAST
+        if passes and len(passes) > 1:
+            parts.append(scope(kind, tuple(passes)))
+        return " · ".join(parts)
     if kind in ATTENTION_KINDS and layer is not None:
         idx = layer % num_layers if num_layers else layer
         parts.append(f"layer {idx + 1}" + (f"/{num_layers}" if num_layers else ""))

@@ -102,6 +102,19 @@ class AttentionRecorder:
     def _keep(self, t: torch.Tensor) -> torch.Tensor:
         return t if self.keep_grad else t.detach()
 
+    # -- attribution hooks (identity here; the recorders of toast_core.attribution override them) -----
+    def attention_input(self, module, x: torch.Tensor) -> torch.Tensor:
+        """The attention layer's input (B, N, C), i.e. the block's norm1 output, before q, k, v."""
+        return x
+
+    def attention_qkv(self, module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Queries, keys and values (B, H, N, D) just before attention (top-down term included)."""
+        return q, k, v
+
+    def attention_output(self, module, q, k, v, out: torch.Tensor) -> torch.Tensor:
+        """The per-head attention output A·V (B, H, N, D), before the heads are merged."""
+        return out
+
 
 @contextmanager
 def record(full: bool = False, keep_grad: bool = False, token_norm: bool = True) -> Iterator[AttentionRecorder]:
@@ -204,7 +217,7 @@ def _summarise(p: _Pass, want_full: bool, has_cls: bool) -> dict:
 
 def extract_attention(model: torch.nn.Module, images: torch.Tensor, *, full: bool = False,
                       keep_grad: bool = False, forward_kwargs: Optional[dict] = None,
-                      token_norm: bool = True) -> AttentionResult:
+                      token_norm: bool = True, recorder: Optional[AttentionRecorder] = None) -> AttentionResult:
     """Run ``model(images)`` once and return what every layer attended to, for every pass.
 
     Args:
@@ -214,14 +227,21 @@ def extract_attention(model: torch.nn.Module, images: torch.Tensor, *, full: boo
         keep_grad: keep the graph (for gradient-weighted maps); otherwise runs under ``no_grad``.
         forward_kwargs: extra keyword arguments for the model's forward (e.g. TOAST ``td_scale``).
         token_norm: also record each block's output-token norms (``result.token_norm``; empty when off).
+        recorder: record with this (fresh) recorder instead of a plain one, e.g. an attribution recorder
+            of :mod:`toast_core.attribution` that keeps what its map needs; ``full``, ``keep_grad`` and
+            ``token_norm`` are then read from it.
 
     Returns:
         :class:`AttentionResult`.
     """
     has_cls = getattr(getattr(model, "vit", model), "cls_token", None) is not None
+    if recorder is not None:
+        full, keep_grad = recorder.full, recorder.keep_grad
     want_full = full or not has_cls
+    rec = recorder if recorder is not None else AttentionRecorder(want_full, keep_grad, token_norm)
+    rec.full = want_full
     grad_ctx = torch.enable_grad() if keep_grad else torch.no_grad()
-    with grad_ctx, record(full=want_full, keep_grad=keep_grad, token_norm=token_norm) as rec:
+    with grad_ctx, push_frame(_Frame(recorder=rec)):
         logits = model(images, **(forward_kwargs or {}))
     if not rec.passes or not rec.passes[0].attn:
         raise RuntimeError("no attention was recorded: is the model built with toast_core.build_model?")
