@@ -209,7 +209,7 @@ def save_uploaded_checkpoint(name: str, data: bytes) -> str:
     if not path.exists():
         atomic_write_bytes(path, data)
     try:
-        from toast_core.checkpoints import read_checkpoint_info
+        from toast_core.io.checkpoints import read_checkpoint_info
 
         read_checkpoint_info(path)
     except ToastError:
@@ -264,7 +264,7 @@ def _progress_adapter(progress):
 
 
 # ------------------------------------------------------------------------------------------------
-# Background training of the demo checkpoints (toast_core.background)
+# Background training of the demo checkpoints (toast_core.demo.background)
 # ------------------------------------------------------------------------------------------------
 
 #: seconds between refreshes of the background-training progress (a fragment, not the whole page)
@@ -273,7 +273,7 @@ BACKGROUND_REFRESH = 2.0
 
 def _background_api():
     try:
-        from toast_core import background
+        from toast_core.demo import background
     except ImportError:
         return None
     return background
@@ -614,7 +614,7 @@ class Timer:
 def add_patch_picker(fig, display_shape: tuple[int, int], grid: tuple[int, int],
                      chosen: Optional[tuple[int, int]] = None) -> None:
     """Add a nearly invisible marker at every patch centre (clickable, ``customdata`` = row, col) to a
-    :func:`toast_core.render.heatmap_figure`, and outline the chosen patch."""
+    :func:`toast_core.viz.render.heatmap_figure`, and outline the chosen patch."""
     import numpy as np
     import plotly.graph_objects as go
 
@@ -662,7 +662,7 @@ def patch_from_point(point: dict, grid: tuple[int, int],
 # ------------------------------------------------------------------------------------------------
 
 def spec_digest(spec) -> str:
-    """sha256 of a :class:`toast_core.export.FigureSpec`: its settings, maps and images."""
+    """sha256 of a :class:`toast_core.viz.export.FigureSpec`: its settings, maps and images."""
     import hashlib
     import json
 
@@ -678,6 +678,6 @@ def spec_digest(spec) -> str:
 @st.cache_data(max_entries=16, show_spinner="Drawing the figure…")
 def figure_preview(digest: str, _spec, dpi: int = 90) -> bytes:
     """PNG preview of a figure spec, cached by :func:`spec_digest`."""
-    from toast_core import export
+    from toast_core.viz import export
 
     return export.figure_bytes(export.build_figure(_spec), "png", dpi=dpi)

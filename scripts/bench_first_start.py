@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         print(f"cannot run the benchmark: {reason}", file=sys.stderr)
         return 2
-    from toast_core import background as bg
+    from toast_core.demo import background as bg
 
     home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="first-start-")) / "home"
     if home.exists() and any(home.iterdir()):

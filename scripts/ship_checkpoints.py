@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from toast_core.demo import SHIPPED_METHODS  # noqa: E402
-from toast_core.shipped import SHIPPED_DIR, STAGE1_DIR, export_for_shipping  # noqa: E402
+from toast_core.demo.shipped import SHIPPED_DIR, STAGE1_DIR, export_for_shipping  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,7 @@
 """Generate a corpus of hostile and unusual image inputs with Pillow and numpy (no downloads).
 
 ``build_corpus(dir)`` writes every case to ``dir`` and returns a list of :class:`Case`; each says what
-``toast_core.images.load_image`` must do with it: load it (``expect="ok"``, optional output size and a
+``toast_core.io.images.load_image`` must do with it: load it (``expect="ok"``, optional output size and a
 check on the pixels) or refuse it with an ``InputError`` whose message contains ``message``.
 """
 from __future__ import annotations

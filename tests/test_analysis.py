@@ -13,7 +13,7 @@ from PIL import Image
 
 from tests.conftest import tiny_model
 from toast_core import analysis as an
-from toast_core import metrics as mt
+from toast_core.analysis import metrics as mt
 from toast_core.data.cub import CUBDataset, find_cub_root, read_cub
 from toast_core.data.demo_task import DemoTaskConfig, generate_demo_task
 from toast_core.data.masked_dataset import MaskedImageDataset

@@ -257,7 +257,7 @@ def test_patch_from_a_plotly_click():
 
 def _checkpoint_bytes(tmp_path) -> bytes:
     from tests.conftest import tiny_model
-    from toast_core.checkpoints import save_checkpoint
+    from toast_core.io.checkpoints import save_checkpoint
 
     path = save_checkpoint(tiny_model("vpt-deep"), tmp_path / "mine.safetensors",
                            meta={"metrics": {"test_accuracy": 0.75}})
@@ -347,7 +347,7 @@ def test_compare_page_on_trained_demo_checkpoints(monkeypatch, tmp_path):
     into an empty cache the way ``prepare-demo`` installs them (full fine-tuning is trained at install
     time and is absent here)."""
     from app.state import demo_checkpoint_keys
-    from toast_core import shipped
+    from toast_core.demo import shipped
     from toast_core.demo import SHIPPED_METHODS, demo_dir
 
     monkeypatch.setenv("TOAST_APP_MODELS", "demo")

@@ -1,5 +1,5 @@
 """The Analysis page (headless, streamlit.testing.v1.AppTest, random tiny models) and its helper module
-:mod:`toast_core.analysis_app` (default dataset, image choice, grouped runs, in-memory report)."""
+:mod:`toast_core.analysis.session` (default dataset, image choice, grouped runs, in-memory report)."""
 from __future__ import annotations
 
 import csv
@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import TINY_REG, tiny_model
-from toast_core import analysis_app as aa
+from toast_core.analysis import session as aa
 from toast_core.data.demo_task import DemoTaskConfig, generate_demo_task
 from toast_core.errors import InputError
 
@@ -169,7 +169,7 @@ def test_folder_run_with_faithfulness(monkeypatch, task):
 
 
 # ------------------------------------------------------------------------------------------------
-# toast_core.analysis_app
+# toast_core.analysis.session
 # ------------------------------------------------------------------------------------------------
 
 def test_usable_indices_skip_classes_a_model_cannot_predict():

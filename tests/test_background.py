@@ -1,4 +1,4 @@
-"""Background training of the demo checkpoints (toast_core.background, issue 13): one trainer at a
+"""Background training of the demo checkpoints (toast_core.demo.background, issue 13): one trainer at a
 time (a lock), a stopped trainer resumes where it stopped, the status and time-left estimate, and
 ``prepare-demo --background`` on the real CPU plan (backbone, task, six shipped checkpoints in the
 foreground; full fine-tuning starts in the background).
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from toast_core import background as bg
+from toast_core.demo import background as bg
 
 SIX = ["linear", "lora", "vpt-shallow", "vpt-deep", "toast", "toast-lite"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +49,7 @@ def wait_for(cond, timeout: float, what: str, every: float = 0.05):
 
 
 def test_one_trainer_at_a_time_and_a_stopped_one_resumes(tmp_path):
-    from toast_core.checkpoints import is_complete_checkpoint
+    from toast_core.io.checkpoints import is_complete_checkpoint
 
     out = quick_six(tmp_path / "demo-quick")
     assert bg.pending_methods(out, quick=True, device="cpu") == ["finetune"]
@@ -144,7 +144,7 @@ def test_prepare_demo_background_cli_on_the_cpu_plan(tmp_path):
     """The app's first start, for real: ``prepare-demo --background`` returns with the backbone, the task
     and the six shipped checkpoints in place and full fine-tuning training in a niced background process;
     running it again starts no second trainer."""
-    from toast_core.checkpoints import is_complete_checkpoint
+    from toast_core.io.checkpoints import is_complete_checkpoint
     from toast_core.demo import demo_dir
 
     out = demo_dir()

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import toast_core as tc
-from toast_core.checkpoints import (
+from toast_core.io.checkpoints import (
     META_KEY,
     checkpoint_paths,
     load_checkpoint,
@@ -17,7 +17,7 @@ from toast_core.checkpoints import (
     save_checkpoint,
 )
 from toast_core.errors import CheckpointError
-from toast_core.safe_io import read_safetensors_metadata, save_state_dict
+from toast_core.io.safe_io import read_safetensors_metadata, save_state_dict
 
 from .conftest import TINY, tiny_model
 

@@ -179,7 +179,7 @@ def test_images_and_layers_helpers(image):
 def test_checkpoint_entry_records_hash_and_predicts_like_the_model(tmp_path, image):
     from tests.conftest import tiny_model
     from toast_core.cache import sha256_file
-    from toast_core.checkpoints import save_checkpoint
+    from toast_core.io.checkpoints import save_checkpoint
 
     model = tiny_model("lora")
     path = save_checkpoint(model, tmp_path / "lora.safetensors",
@@ -195,7 +195,7 @@ def test_checkpoint_entry_records_hash_and_predicts_like_the_model(tmp_path, ima
 
 
 def test_figure_spec_and_bundle(entries, image):
-    from toast_core.export import build_figure, figure_bytes, read_bundle, export_bundle
+    from toast_core.viz.export import build_figure, figure_bytes, read_bundle, export_bundle
 
     spec, meta, prov = cmp.figure_spec(entries[:3], [("img", image)], layers=[0, None], kind="cls", head=1,
                                        dpi=50, display_side=48)

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from toast_core.checkpoints import load_checkpoint, read_checkpoint_info
-from toast_core.train import TrainConfig, train
+from toast_core.io.checkpoints import load_checkpoint, read_checkpoint_info
+from toast_core.training.trainer import TrainConfig, train
 
 from .conftest import tiny_model
 
@@ -24,7 +24,7 @@ SCRIPT = textwrap.dedent("""
     from safetensors.torch import save_file
     from tests.conftest import tiny_model
     from tests.test_train import toy_data
-    from toast_core.train import TrainConfig, train
+    from toast_core.training.trainer import TrainConfig, train
     torch.set_num_threads(1)
     data = toy_data(32)
     result = train(tiny_model("toast"), data, data, TrainConfig(epochs=2, batch_size=4, lr=1e-2, device="cpu", seed=7),

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from toast_core.errors import InputError
-from toast_core.export import (
+from toast_core.viz.export import (
     FigureSpec,
     build_figure,
     export_bundle,
@@ -21,7 +21,7 @@ from toast_core.export import (
     figure_from_bundle,
     read_bundle,
 )
-from toast_core.render import colorize
+from toast_core.viz.render import colorize
 
 ROWS, COLS = ["linear", "lora", "toast"], ["L3", "L6", "L9", "L12"]
 KIND = "CLS attention, layer 12, head mean"
@@ -150,7 +150,7 @@ def test_figures_from_threads_all_embed_truetype():
 def test_rendering_modules_import_neither_pyplot_nor_streamlit(module):
     import ast
 
-    tree = ast.parse((ROOT / "toast_core" / module).read_text())
+    tree = ast.parse((ROOT / "toast_core" / "viz" / module).read_text())
     names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     names |= {f"{n.module}.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}

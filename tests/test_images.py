@@ -11,7 +11,7 @@ from PIL import Image
 
 from tests.hostile_corpus import Case, build_corpus
 from toast_core.errors import InputError
-from toast_core.images import SUPPORTED_FORMATS, image_to_tensor, load_image
+from toast_core.io.images import SUPPORTED_FORMATS, image_to_tensor, load_image
 
 
 @pytest.fixture(scope="module")

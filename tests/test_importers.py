@@ -10,7 +10,7 @@ import torch
 
 import toast_core as tc
 from toast_core.errors import CheckpointError
-from toast_core.importers import import_official_toast
+from toast_core.io.importers import import_official_toast
 
 from .conftest import TINY
 

@@ -1,4 +1,4 @@
-"""Tests of toast_core.metrics against hand-computed cases and independent references."""
+"""Tests of toast_core.analysis.metrics against hand-computed cases and independent references."""
 import math
 
 import cv2
@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from toast_core.errors import InputError
-from toast_core.metrics import (
+from toast_core.analysis.metrics import (
     attention_entropy, bootstrap_ci, box_to_mask, deletion_insertion_curves, detection_auc,
     energy_in_mask, iou_at_threshold, mask_coverage, object_mass, part_hit, pointing_game,
     prefix_share, pxap, upsample_map,

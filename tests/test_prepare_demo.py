@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from toast_core.checkpoints import load_checkpoint, read_checkpoint_info
+from toast_core.io.checkpoints import load_checkpoint, read_checkpoint_info
 from toast_core.demo import TensorImageDataset, demo_checkpoint_paths, demo_dir, load_task_split, plan_for
-from toast_core.train import evaluate
+from toast_core.training.trainer import evaluate
 
 METHODS = ["linear", "finetune", "lora", "vpt-shallow", "vpt-deep", "toast", "toast-lite"]
 
@@ -69,7 +69,7 @@ def test_shipped_checkpoints_are_installed_when_they_fit_and_trained_when_not(tm
     shipped checkpoint was trained on another task."""
     import dataclasses
 
-    from toast_core import shipped
+    from toast_core.demo import shipped
     from toast_core.demo import prepare_demo
 
     base = prepare_demo(quick=True, device="cpu")  # cached by the test above (or built here)

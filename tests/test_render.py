@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from toast_core.errors import InputError
-from toast_core.render import (
+from toast_core.viz.render import (
     color_scale,
     colorize,
     difference_maps,
@@ -146,7 +146,7 @@ def test_heatmap_figure_hover_holds_patch_and_value():
 
     from PIL import Image
 
-    from toast_core.render import image_data_uri
+    from toast_core.viz.render import image_data_uri
 
     def decode(uri):
         return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from toast_core.errors import CheckpointError
-from toast_core.safe_io import (
+from toast_core.io.safe_io import (
     load_state_dict, read_checkpoint, read_safetensors_metadata, save_state_dict,
 )
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from toast_core.checkpoints import load_checkpoint, read_checkpoint_info
+from toast_core.io.checkpoints import load_checkpoint, read_checkpoint_info
 from toast_core.demo import SHIPPED_METHODS, plan_for
-from toast_core.shipped import SHIPPED_DIR, shipped_checkpoint
+from toast_core.demo.shipped import SHIPPED_DIR, shipped_checkpoint
 
 ROOT = SHIPPED_DIR.parent.parent
 
@@ -46,9 +46,9 @@ def test_shipped_stage1_fits_the_cpu_plan_and_reconstructs_held_out_crops():
 
     from toast_core.default_backbone import default_backbone_sha256, ensure_default_backbone
     from toast_core.models import data_config
-    from toast_core.pretune import GenericPhotoCrops
-    from toast_core.shipped import shipped_stage1, stage1_mismatch
-    from toast_core.stage1 import stage1_diagnostics
+    from toast_core.training.pretune import GenericPhotoCrops
+    from toast_core.demo.shipped import shipped_stage1, stage1_mismatch
+    from toast_core.training.stage1 import stage1_diagnostics
 
     src = shipped_stage1()
     assert src is not None, "assets/toast_stage1 is missing"

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from toast_core.errors import InputError
 from toast_core.methods.toast import feedback_operators, select_tokens
-from toast_core.stage1 import Gram, fit_topdown, stage1_diagnostics, topdown_tensors
+from toast_core.training.stage1 import Gram, fit_topdown, stage1_diagnostics, topdown_tensors
 
 from .conftest import tiny_model
 
@@ -56,7 +56,7 @@ def test_channel_selection_uses_the_authors_convention(method):
 def test_official_checkpoint_p_imports_unchanged(tmp_path):
     """An authors'-layout file with a non-symmetric P: the imported model's top-down signal is the one
     their code computes from x̃·P (the import does not transpose P)."""
-    from toast_core.importers import import_official_toast
+    from toast_core.io.importers import import_official_toast
 
     from .test_importers import KW, TINY, official_file
 

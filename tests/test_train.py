@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from toast_core.checkpoints import load_checkpoint, read_checkpoint_info, read_training_state
-from toast_core.train import (
+from toast_core.io.checkpoints import load_checkpoint, read_checkpoint_info, read_training_state
+from toast_core.training.trainer import (
     NonFiniteLossError,
     TrainConfig,
     TrainingError,
@@ -113,7 +113,7 @@ def test_toast_trains_on_a_cached_bottom_up_pass_with_the_same_result():
     """The memoised bottom-up pass (keyed by image content, so flips are their own entries) gives the
     same weights as recomputing it, and from the second epoch every step hits the cache."""
     from toast_core.demo import TensorImageDataset
-    from toast_core.first_pass import FirstPassCache
+    from toast_core.training.first_pass import FirstPassCache
 
     base = toy_data()
     x = (base.tensors[0].clamp(-2, 2) * 60 + 128).round().to(torch.uint8)  # as the demo holds images
@@ -143,7 +143,7 @@ def test_toast_trains_on_a_cached_bottom_up_pass_with_the_same_result():
 
 
 def test_first_pass_cache_computes_each_image_once_and_respects_its_memory_cap():
-    from toast_core.first_pass import FirstPassCache
+    from toast_core.training.first_pass import FirstPassCache
 
     seen = []
     cache = FirstPassCache(lambda x: (seen.append(len(x)), x.mean(dim=(2, 3)))[1], max_bytes=3 * 3 * 4)
@@ -228,7 +228,7 @@ KILL_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, sys.argv[2])
     from tests.conftest import tiny_model
     from tests.test_train import toy_data
-    from toast_core.train import TrainConfig, train
+    from toast_core.training.trainer import TrainConfig, train
     data = toy_data()
     train(tiny_model("lora"), data, data, TrainConfig(epochs=3, batch_size=10, lr=1e-2, seed=5), sys.argv[1], resume=True)
     print("finished", flush=True)
@@ -321,7 +321,7 @@ def test_image_folder_reads_classes_masks_boxes_and_holds_out_val(tmp_path):
 
 
 def test_train_and_pretune_commands_on_a_folder_dataset(tmp_path):
-    from toast_core.checkpoints import load_checkpoint
+    from toast_core.io.checkpoints import load_checkpoint
     from toast_core.cli import main
 
     root = make_folder(tmp_path / "data")
@@ -346,7 +346,7 @@ def test_train_and_pretune_commands_on_a_folder_dataset(tmp_path):
 
 
 def test_lr_scales_by_parameter_name_give_their_own_groups():
-    from toast_core.train import TrainConfig, build_optimizer, set_lr
+    from toast_core.training.trainer import TrainConfig, build_optimizer, set_lr
 
     model = tiny_model("toast")
     cfg = TrainConfig(lr=1e-3, head_lr_scale=10.0, lr_scales=(("prompt", 100.0), ("decoders.0", 3.0)))

@@ -22,8 +22,8 @@ _LAZY = {
     "TransferModel": "methods", "available_methods": "methods", "get_method": "methods",
     "build_model": "models", "data_config": "models",
     "AttentionResult": "recording", "extract_attention": "recording", "record": "recording",
-    "load_image": "images",
-    "load_checkpoint": "checkpoints", "save_checkpoint": "checkpoints",
+    "load_image": "io.images",
+    "load_checkpoint": "io.checkpoints", "save_checkpoint": "io.checkpoints",
 }
 
 

@@ -22,7 +22,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from .attention import SteerableAttention
 from .errors import CheckpointError
-from .safe_io import describe_state_diff, load_state_dict
+from .io.safe_io import describe_state_diff, load_state_dict
 
 DEFAULT_BACKBONE = "vit_small_patch14_dinov2"
 DEFAULT_IMG_SIZE = 224

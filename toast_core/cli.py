@@ -10,6 +10,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("toast_core.commands.info", "list transfer methods and their trainable parameters"),
     "train": ("toast_core.commands.train", "train one method on your own dataset (ImageFolder layout)"),
+    "train-all": ("toast_core.commands.train_all", "train several methods on your own folder or zip, one after another"),
     "pretune": ("toast_core.commands.pretune", "TOAST stage 1: pre-tune the top-down module on generic images"),
     "prepare-demo": ("toast_core.commands.prepare_demo", "default backbone, demo task and all seven trained checkpoints"),
     "bench": ("toast_core.commands.bench", "benchmark recording, TOAST and batch analysis against plain passes"),

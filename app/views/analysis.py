@@ -1,9 +1,9 @@
 """Analysis: the batch attention analysis (``python -m toast_core analyze``) over the default task or a
 folder, with a progress bar, the headline table, the plots and downloads. The page only collects
-options and shows results; :mod:`toast_core.analysis_app` runs it (maths in :mod:`toast_core.analysis`).
+options and shows results; :mod:`toast_core.analysis.session` runs it (maths in :mod:`toast_core.analysis`).
 
 It never runs by itself (slow on a CPU): the **Run analysis** button starts it. The last result stays
-in ``st.session_state["analysis-result"]`` (an :class:`~toast_core.analysis_app.AppAnalysis`) across
+in ``st.session_state["analysis-result"]`` (an :class:`~toast_core.analysis.session.AppAnalysis`) across
 page switches.
 
 Stable keys: ``analysis-controls``, ``analysis-dataset``, ``analysis-progress``, ``analysis-results``,
@@ -19,7 +19,7 @@ from pathlib import Path
 import streamlit as st
 
 from app import state
-from toast_core import analysis_app
+from toast_core.analysis import session as analysis_app
 from toast_core.analysis import ANALYSIS_KINDS, load_dataset
 from toast_core.errors import ToastError
 

@@ -11,7 +11,7 @@ import streamlit as st
 
 from app import state
 from toast_core import compare as cmp
-from toast_core import export
+from toast_core.viz import export
 from toast_core.errors import ToastError
 
 entries, failures, note = state.session_entries()

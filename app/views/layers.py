@@ -15,7 +15,7 @@ import streamlit as st
 
 from app import state
 from toast_core import compare as cmp
-from toast_core import render
+from toast_core.viz import render
 from toast_core.errors import ToastError
 from toast_core.maps import MAP_KINDS, describe_map
 

@@ -52,7 +52,7 @@ else:
 pending = state.pending_demo_methods()
 bg_status = state.background_status()
 if pending or state.background_active(bg_status):
-    from toast_core import background
+    from toast_core.demo import background
 
     with st.container(key="models-background", border=True):
         st.markdown("**Background training** — " + (

@@ -48,9 +48,9 @@ def panel_methods(page) -> list[str]:
 
 
 def test_app_up_before_finetune_then_finetune_joins_without_reload(browser, first_start_home, tmp_path):
-    from toast_core import background as bg
+    from toast_core.demo import background as bg
     from toast_core import compare as cmp
-    from toast_core.checkpoints import is_complete_checkpoint
+    from toast_core.io.checkpoints import is_complete_checkpoint
 
     home = first_start_home
     out = home / "demo-quick"

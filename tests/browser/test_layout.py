@@ -79,7 +79,7 @@ def demo_entries(monkeypatch, home) -> list:
 
 def test_layers_default_scale_is_per_layer_and_readable(browser, demo_server, session_home, monkeypatch):
     from toast_core import compare as cmp
-    from toast_core import render
+    from toast_core.viz import render
 
     page = browser.new_page()
     open_app(page, demo_server.url, timeout=300)

@@ -1,10 +1,10 @@
 """Batch analysis: does each method's attention land on the task object? Tidy rows, summaries, plots.
 
 One recorded forward pass per batch and model gives every layer (and both TOAST passes); the
-localisation metrics of :mod:`toast_core.metrics` are then evaluated for all layers × map kinds of the
+localisation metrics of :mod:`toast_core.analysis.metrics` are then evaluated for all layers × map kinds of the
 batch at once, on the patch grid, from per-image geometry computed once (mask coverage per patch,
 pixel counts per patch, where a peak would count as a pointing-game hit). The vectorised values equal
-the per-map functions of :mod:`toast_core.metrics` (``tests/test_analysis.py`` checks this).
+the per-map functions of :mod:`toast_core.analysis.metrics` (``tests/test_analysis.py`` checks this).
 
 Example::
 

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..metrics import deletion_insertion_curves
+from .metrics import deletion_insertion_curves
 from ..recording import AttentionResult, extract_attention
 
 from .datasets import _image_id, _item
@@ -60,7 +60,7 @@ def run_analysis(models: Mapping[str, torch.nn.Module], dataset, layers: str | S
         faithfulness: also compute deletion / insertion AUC (Petsiuk et al.) of the last layer's ``cls``
             map of the final pass, reported on those rows only (computed only when that layer and kind
             are analysed); costs ``2·(steps+1)`` forwards per image.
-        faithfulness_steps, faithfulness_baseline: see :func:`~toast_core.metrics.deletion_insertion_curves`.
+        faithfulness_steps, faithfulness_baseline: see :func:`~toast_core.analysis.metrics.deletion_insertion_curves`.
         faithfulness_max_images: compute the curves for the first N images only (NaN for the rest).
         forward_kwargs: name → extra forward arguments (e.g. ``{"toast@0.5": {"td_scale": 0.5}}``).
         tolerance_px: pointing-game tolerance in pixels of the dataset's images (default 15 px at 224).

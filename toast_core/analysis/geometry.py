@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..metrics import _edges, mask_coverage
+from .metrics import _edges, mask_coverage
 from ..recording import AttentionResult
 
 from .options import NAN, default_tolerance

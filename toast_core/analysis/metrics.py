@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["mask_coverage", "upsample_map", "energy_in_mask", "pointing_game", "iou_at_threshold",
            "detection_auc", "pxap", "object_mass", "attention_entropy", "prefix_share", "box_to_mask",

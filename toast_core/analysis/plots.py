@@ -9,7 +9,7 @@ import numpy as np
 
 from ..cache import atomic_write_bytes
 from ..errors import InputError
-from ..metrics import bootstrap_ci
+from .metrics import bootstrap_ci
 
 from .engine import _records
 from .tables import _final_pass, layer_average, summarise, summary_markdown, write_rows_csv, write_table_csv
@@ -108,7 +108,7 @@ def plot_accuracy_vs_energy(rows, kind: str = "cls", layer: Optional[int] = None
 
 def save_figure(fig, out_dir: str | os.PathLike, stem: str, dpi: int = 200) -> list[Path]:
     """Write ``stem.png`` and ``stem.pdf`` (TrueType fonts embedded) into ``out_dir``."""
-    from ..export import figure_bytes
+    from ..viz.export import figure_bytes
 
     paths = []
     for fmt in ("png", "pdf"):

@@ -13,7 +13,7 @@ A thin layer over :mod:`toast_core.analysis` (all the maths is there) for intera
 
 Example::
 
-    from toast_core.analysis_app import default_task, run_app_analysis
+    from toast_core.analysis.session import default_task, run_app_analysis
     src = default_task(models, trained=True)
     result = run_app_analysis(models, src.ensure(), n_images=48, kinds=("cls",))
     result.files["summary.md"].decode()
@@ -31,8 +31,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 
-from . import analysis
-from .errors import InputError
+from .. import analysis
+from ..errors import InputError
 
 __all__ = ["TaskSource", "AppAnalysis", "HEADLINE_LABELS", "default_task", "model_classes", "usable_indices",
            "run_app_analysis", "headline_records", "zip_files"]
@@ -84,7 +84,7 @@ class TaskSource:
 
     def ensure(self, progress: Optional[Progress] = None) -> Path:
         """The task's folder, generated into the cache first when missing (``progress(done, total)``)."""
-        from .data import ensure_demo_task, is_valid_demo_task
+        from ..data import ensure_demo_task, is_valid_demo_task
 
         if self.path is not None and is_valid_demo_task(self.path, self.config):
             return Path(self.path)
@@ -105,7 +105,7 @@ def default_task(models: Mapping[str, torch.nn.Module] | Sequence[torch.nn.Modul
         a :class:`TaskSource`; ``path`` is the recorded folder when it still holds that task, else the
         cache folder when the task is already generated there, else None.
     """
-    from .data import DemoTaskConfig, default_demo_task_dir, is_valid_demo_task
+    from ..data import DemoTaskConfig, default_demo_task_dir, is_valid_demo_task
 
     items = list(models.values()) if isinstance(models, Mapping) else list(models)
     for m in items:
@@ -194,7 +194,7 @@ def _labels(ds) -> list[int]:
 
 
 def _input_key(model: torch.nn.Module) -> tuple:
-    from .models import data_config
+    from ..models import data_config
 
     cfg = data_config(model)
     return (analysis.model_input_size(model), tuple(float(v) for v in cfg["mean"]),

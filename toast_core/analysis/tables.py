@@ -11,7 +11,7 @@ import numpy as np
 
 from ..cache import atomic_write_bytes
 from ..errors import InputError
-from ..metrics import bootstrap_ci
+from .metrics import bootstrap_ci
 
 from .engine import _records
 from .options import COLUMNS, GROUP_KEYS, METRICS, NAN

@@ -164,7 +164,7 @@ def bench_train(ctx: _Ctx, spec: BackboneSpec) -> dict:
 
 def random_box_masks(batch: int, size: int, seed: int = 0) -> list:
     """One random box mask (size, size) per image, 30–70 % of the side each way."""
-    from ..metrics import box_to_mask
+    from ..analysis.metrics import box_to_mask
 
     rng = np.random.default_rng(seed)
     masks = []
@@ -176,14 +176,14 @@ def random_box_masks(batch: int, size: int, seed: int = 0) -> list:
 
 
 def analyse_batch_metrics(model, images: torch.Tensor, masks: list) -> dict:
-    """Maps + per-map metrics of :mod:`toast_core.metrics`: ``energy_in_mask`` and ``pointing_game`` for
+    """Maps + per-map metrics of :mod:`toast_core.analysis.metrics`: ``energy_in_mask`` and ``pointing_game`` for
     every layer's CLS map of every image (one function call per map).
 
     Returns:
         ``{"energy": (L, B) float array, "pointing": (L, B) bool array}``.
     """
     from ..analysis import default_tolerance
-    from ..metrics import energy_in_mask, pointing_game
+    from ..analysis.metrics import energy_in_mask, pointing_game
     from ..recording import extract_attention
 
     maps = extract_attention(model, images).final("cls").float().cpu().numpy()  # (L, B, h, w)

@@ -105,7 +105,7 @@ def _fresh_task_dir(models: dict, seed: int, n: int) -> Path:
 
 
 def _models_from_checkpoints(paths: list[Path]) -> dict:
-    from ..checkpoints import load_checkpoint
+    from ..io.checkpoints import load_checkpoint
 
     models = {}
     for p in paths:

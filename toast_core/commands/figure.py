@@ -97,8 +97,8 @@ def _layers(values) -> list:
 def run(args) -> int:
     from .. import compare as cmp
     from ..errors import InputError
-    from ..export import FORMATS, build_figure, export_bundle, figure_bytes
-    from ..images import load_image
+    from ..viz.export import FORMATS, build_figure, export_bundle, figure_bytes
+    from ..io.images import load_image
 
     out = Path(args.out)
     fmt = out.suffix.lower().lstrip(".")

@@ -2,7 +2,7 @@
 (cached ones are kept). Prints a results table at the end.
 
 ``--background`` (the app's first start): the backbone, the task and the shipped checkpoints now, then
-the rest trains in a background process (:mod:`toast_core.background`) and the command returns."""
+the rest trains in a background process (:mod:`toast_core.demo.background`) and the command returns."""
 from __future__ import annotations
 
 import argparse
@@ -34,7 +34,7 @@ def run(args) -> int:
     torch.set_num_threads(args.threads or auto_threads())
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     from ..demo import plan_for
-    from ..train import resolve_device
+    from ..training.trainer import resolve_device
 
     plan = plan_for(resolve_device(args.device), args.quick, args.plan) if args.plan else None
     if args.background:
@@ -49,7 +49,7 @@ def run(args) -> int:
 def _background(args, plan) -> int:
     import time
 
-    from .. import background
+    from ..demo import background
     from ..demo import prepare_demo
 
     if args.force or args.methods or args.plan:

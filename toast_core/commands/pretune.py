@@ -1,7 +1,7 @@
 """``pretune``: TOAST stage 1 — fit the top-down module to the frozen backbone on generic photo crops.
 
 By default stage 1 is solved exactly: the reconstruction loss is least squares, so A_l, P and B_l are
-ridge fits (:mod:`toast_core.stage1`), with per-block diagnostics on held-out crops. ``--gradient``
+ridge fits (:mod:`toast_core.training.stage1`), with per-block diagnostics on held-out crops. ``--gradient``
 runs the older gradient pre-tuning (task loss + reconstruction loss) instead. Use the result with
 ``train --method toast --pretuned OUT``."""
 from __future__ import annotations
@@ -31,12 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     import torch
 
-    from ..pretune import PretuneData, Stage1Config, pretune, pretune_least_squares
+    from ..training.pretune import PretuneData, Stage1Config, pretune, pretune_least_squares
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.gradient:
-        from ..stage1 import diagnostics_markdown
+        from ..training.stage1 import diagnostics_markdown
 
         cfg = Stage1Config(n_fit=args.images, n_held_out=args.val_images, image_size=args.image_size,
                            td_gain=args.td_gain, ridge=args.ridge, xi_init=args.xi_init,

@@ -47,7 +47,7 @@ def add_common_training_arguments(parser: argparse.ArgumentParser, epochs: int =
 
 
 def train_config_from_args(args, stage: str = "tune"):
-    from ..train import TrainConfig
+    from ..training.trainer import TrainConfig
 
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                        weight_decay=args.weight_decay, head_lr_scale=args.head_lr_scale,
@@ -141,9 +141,9 @@ def _sha(path: Path) -> str:
 def run(args) -> int:
     import torch
 
-    from ..checkpoints import build_without_init
+    from ..io.checkpoints import build_without_init
     from ..models import data_config
-    from ..train import train
+    from ..training.trainer import train
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -172,7 +172,7 @@ def run(args) -> int:
                      "n_test": len(te) if te else 0, "manifest_sha256": getattr(tr, "manifest_sha256", None),
                      "resize": "whole image, bilinear"}}
     if args.pretuned:
-        from ..pretune import init_from_pretuned
+        from ..training.pretune import init_from_pretuned
 
         meta["pretuned_from"] = init_from_pretuned(model, args.pretuned)
     result = train(model, tr, va, cfg, args.out, test_data=te, meta=meta, resume=args.resume,

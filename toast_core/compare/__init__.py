@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import InputError
-from .maps import ATTENTION_KINDS, MAP_KINDS, compute_map, describe_map, integrated_gradients
-from .recording import AttentionResult, extract_attention
+from ..errors import InputError
+from ..maps import ATTENTION_KINDS, MAP_KINDS, compute_map, describe_map, integrated_gradients
+from ..recording import AttentionResult, extract_attention
 
 #: Tiny random models for tests and for a first look before any checkpoint exists (8x8 patch grid).
 TINY_SPEC: dict = dict(backbone="vit_tiny_patch16_224", img_size=64, num_classes=10,
@@ -151,7 +151,7 @@ def _find_class_names(cfg: dict, num_classes: int) -> list[str]:
 
 def tiny_entry(method: str, device: str = "cpu", spec: Optional[dict] = None) -> ModelEntry:
     """A random tiny model of ``method`` (deterministic per method name; no download)."""
-    from .models import build_model
+    from ..models import build_model
 
     spec = dict(spec or TINY_SPEC)
     seed = zlib.crc32(method.encode()) & 0x7FFFFFFF
@@ -170,8 +170,8 @@ def tiny_entry(method: str, device: str = "cpu", spec: Optional[dict] = None) ->
 
 def checkpoint_entry(path: str | os.PathLike, device: str = "cpu", source: str = "checkpoint") -> ModelEntry:
     """Load one of this project's checkpoints (safely: safetensors / weights-only)."""
-    from .cache import sha256_file
-    from .checkpoints import load_checkpoint
+    from ..cache import sha256_file
+    from ..io.checkpoints import load_checkpoint
 
     model = load_checkpoint(path, device="cpu")
     cfg = dict(getattr(model, "checkpoint_info", {}) or {})
@@ -196,7 +196,7 @@ def load_entry(key: str, device: str = "cpu") -> ModelEntry:
         CheckpointError: unreadable or unsafe checkpoint; InputError: unknown key.
     """
     if key.startswith("tiny:"):
-        from .methods import available_methods
+        from ..methods import available_methods
 
         method = key[5:]
         if method not in available_methods():
@@ -260,7 +260,7 @@ def display_array(image: Image.Image, max_side: int = DISPLAY_SIDE) -> np.ndarra
 
 def preprocessing(entry: ModelEntry) -> dict:
     """How images are turned into this model's input (for manifests): size, mean, std, resizing."""
-    from .models import data_config
+    from ..models import data_config
 
     cfg = data_config(entry.model)
     h, w = (int(s) for s in entry.model.vit.patch_embed.img_size)
@@ -271,7 +271,7 @@ def preprocessing(entry: ModelEntry) -> dict:
 
 def preprocess(entry: ModelEntry, image: Image.Image) -> torch.Tensor:
     """The model's input (1, 3, H, W) on its device, H x W = the size its position grid is laid out for."""
-    from .images import image_to_tensor
+    from ..io.images import image_to_tensor
 
     p = preprocessing(entry)
     x = image_to_tensor(working_copy(image), tuple(p["input_size"]), p["mean"], p["std"])
@@ -552,7 +552,7 @@ def differences(panels: Sequence[Panel], reference: str) -> dict[str, np.ndarray
 
     Maps on another grid (another backbone) are resampled bilinearly to the reference grid first.
     """
-    from .render import difference_maps, upsample_map
+    from ..viz.render import difference_maps, upsample_map
 
     by_name = {p.name: p.map for p in panels}
     if reference not in by_name:
@@ -656,7 +656,7 @@ def inspect_toast(entry: ModelEntry, image: Image.Image, *, kind: str = "cls", h
 
 def stage1_table(stage1: dict) -> str:
     """A TOAST checkpoint's stage-1 record (``pretuned_from.stage1``) as a markdown table."""
-    from .stage1 import diagnostics_markdown
+    from ..training.stage1 import diagnostics_markdown
 
     settings = stage1.get("settings") or {}
     xi_init = settings.get("xi_init", "cls-minus-patch")  # stage-1 fits from before the setting used it
@@ -694,13 +694,13 @@ def figure_spec(entries: Sequence[ModelEntry], images: Sequence[tuple[str, Image
         layers: 0-based layers on the shared range (None = last); with ``columns="images"`` the first
             is used. Ignored for Integrated Gradients (one column per image).
         display_side: longest side (pixels) of the image drawn under each map.
-        Other arguments: see :class:`toast_core.export.FigureSpec`.
+        Other arguments: see :class:`toast_core.viz.export.FigureSpec`.
 
     Returns:
-        ``(spec, maps_meta, provenance)`` ready for :func:`toast_core.export.build_figure` and
-        :func:`toast_core.export.export_bundle`.
+        ``(spec, maps_meta, provenance)`` ready for :func:`toast_core.viz.export.build_figure` and
+        :func:`toast_core.viz.export.export_bundle`.
     """
-    from .export import FigureSpec
+    from ..viz.export import FigureSpec
 
     if columns not in ("layers", "images"):
         raise InputError(f"columns must be 'layers' or 'images', got {columns!r}")
@@ -758,7 +758,7 @@ def figure_spec(entries: Sequence[ModelEntry], images: Sequence[tuple[str, Image
     spec = FigureSpec(panels=panels, map_kind=kind_label, row_labels=row_labels, col_labels=col_labels,
                       title=title, cmap=cmap, scale=scale, percentile=percentile, alpha=alpha,
                       font_size=font_size, dpi=dpi, colorbar=colorbar, panel_inches=panel_inches)
-    from . import __version__
+    from .. import __version__
 
     provenance = {
         "toast_core": __version__,

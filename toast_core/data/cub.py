@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
-from ..metrics import box_to_mask
+from ..analysis.metrics import box_to_mask
 from .masked_dataset import IMAGENET_MEAN, IMAGENET_STD
 
 REQUIRED = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt")

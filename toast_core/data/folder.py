@@ -121,7 +121,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 return m
         boxes = self.boxes.get(rel)
         if boxes:
-            from ..metrics import box_to_mask
+            from ..analysis.metrics import box_to_mask
 
             w, h = size
             m = np.zeros((h, w), dtype=bool)
@@ -131,7 +131,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return None
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        from ..images import load_image
+        from ..io.images import load_image
 
         rel, label = self.items[i]
         image = load_image(self.root / rel)

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .cache import atomic_write_bytes, toast_home
-from .errors import ToastError
-from .pretune import Stage1Config
+from ..cache import atomic_write_bytes, toast_home
+from ..errors import ToastError
+from ..training.pretune import Stage1Config
 
 DEMO_VERSION = "1"
 Progress = Callable[[float, str], None]
@@ -85,7 +85,7 @@ class DemoPlan:
     stage1: Stage1Config
     recipes: tuple
     seed: int = 0
-    shipped: tuple = ()  # methods installed from assets/checkpoints when they fit (see toast_core.shipped)
+    shipped: tuple = ()  # methods installed from assets/checkpoints when they fit (see toast_core.demo.shipped)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -99,7 +99,7 @@ def _recipes(epochs: int) -> tuple:
     (``scripts/recipe_grid.py``, docs/RESULTS_TRAINING.md).
 
     TOAST's parameter groups differ in scale by four orders of magnitude after the least-squares stage 1
-    (:mod:`toast_core.stage1`), so its recipe sets them apart: the head at the base rate; ξ (unit norm)
+    (:mod:`toast_core.training.stage1`), so its recipe sets them apart: the head at the base rate; ξ (unit norm)
     at 0.1 of it (at the full rate stage 2 turns ξ from its object-selective stage-1 start toward the
     background, with no gain in accuracy); the chained A_l at 1e-3 of it (they multiply along the chain:
     at 1e-3…1e-4 the early layers' td grew 30–70×); each B_l at 0.1 × base × its own RMS
@@ -136,7 +136,7 @@ def plan_for(device: str | torch.device = "cpu", quick: bool = False, name: Opti
     where full fine-tuning's 86 MB cannot ship). The GPU plan trains all seven in 2 minutes on one GPU
     (224 px = 16x16 patches, 1000 images, 8 epochs). See docs/RESULTS_TRAINING.md.
     """
-    from .data.demo_task import DemoTaskConfig
+    from ..data.demo_task import DemoTaskConfig
 
     if name is not None and name not in PLAN_NAMES:
         raise ToastError(f"unknown demo plan {name!r}; choose one of {', '.join(PLAN_NAMES)}")
@@ -192,7 +192,7 @@ def load_task_split(task_dir: str | os.PathLike, split: str, image_size: int, li
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """The images of a demo-task split resized to ``image_size`` (bicubic, whole image, as the app
     does) as uint8 (N, 3, S, S), and their labels (N,)."""
-    from .data.demo_task import load_manifest
+    from ..data.demo_task import load_manifest
 
     root = Path(task_dir)
     entries = [e for e in load_manifest(root)["images"] if e["split"] == split]
@@ -272,8 +272,8 @@ def demo_dir(quick: bool = False) -> Path:
 def demo_checkpoint_paths(quick: Optional[bool] = None) -> dict[str, Path]:
     """method -> weights file of the complete demo checkpoints present now (full plan first; the
     quick plan's when no full one exists, or when ``quick=True``)."""
-    from .checkpoints import is_complete_checkpoint
-    from .methods import available_methods
+    from ..io.checkpoints import is_complete_checkpoint
+    from ..methods import available_methods
 
     choices = [True] if quick else ([False] if quick is False else [False, True])
     for q in choices:
@@ -318,19 +318,19 @@ def prepare_demo(out_dir: Optional[str | os.PathLike] = None, quick: bool = Fals
         echo: print stage lines; tqdm_bars: tqdm bars per run (the command line).
         plan: override :func:`plan_for`.
         only_shipped: build the backbone and the task, install the shipped checkpoints that fit, and
-            train nothing (the app's first start; :mod:`toast_core.background` trains the rest).
+            train nothing (the app's first start; :mod:`toast_core.demo.background` trains the rest).
     Returns:
         the results dict also written to ``results.json`` (per method: test/val accuracy, trainable
         share, seconds, whether it was cached).
     """
-    from . import __version__
-    from .checkpoints import build_without_init, is_complete_checkpoint, read_checkpoint_info
-    from .data.demo_task import ensure_demo_task
-    from .default_backbone import default_backbone_sha256, ensure_default_backbone
-    from .methods import available_methods
-    from .models import build_model, data_config
-    from .pretune import init_from_pretuned, pretune_least_squares
-    from .train import TrainConfig, resolve_device, train
+    from .. import __version__
+    from ..io.checkpoints import build_without_init, is_complete_checkpoint, read_checkpoint_info
+    from ..data.demo_task import ensure_demo_task
+    from ..default_backbone import default_backbone_sha256, ensure_default_backbone
+    from ..methods import available_methods
+    from ..models import build_model, data_config
+    from ..training.pretune import init_from_pretuned, pretune_least_squares
+    from ..training.trainer import TrainConfig, resolve_device, train
 
     t0, cpu0 = time.perf_counter(), time.process_time()
     dev = resolve_device(device)
@@ -369,7 +369,7 @@ def prepare_demo(out_dir: Optional[str | os.PathLike] = None, quick: bool = Fals
     train_x, train_y = load_task_split(task_dir, "train", size, plan.n_train)
     val_x, val_y = load_task_split(task_dir, "val", size)
     test_x, test_y = load_task_split(task_dir, "test", size)
-    from .data.demo_task import load_manifest
+    from ..data.demo_task import load_manifest
 
     manifest = load_manifest(task_dir)
     class_names = list(manifest["class_names"])
@@ -496,7 +496,7 @@ def prepare_demo(out_dir: Optional[str | os.PathLike] = None, quick: bool = Fals
 def _raise_if_stopped(result, name: str, run_dir: Path) -> None:
     """A callback stopped the run (the training state is saved): end prepare-demo here."""
     if getattr(result, "stopped", False):
-        from .errors import TrainingStopped
+        from ..errors import TrainingStopped
 
         raise TrainingStopped(f"{name}: stopped at step {result.steps}; running prepare-demo again resumes "
                               f"from {run_dir / 'last.safetensors'}")

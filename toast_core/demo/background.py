@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional
 
-from .cache import atomic_write_bytes
+from ..cache import atomic_write_bytes
 
 LOCK_NAME = "background.lock"
 STATUS_NAME = "background.json"
@@ -57,7 +57,7 @@ ACTIVE = ("starting", "running")
 def _out(out: Optional[str | os.PathLike], quick: bool) -> Path:
     if out is not None:
         return Path(out)
-    from .demo import demo_dir
+    from . import demo_dir
 
     return demo_dir(quick)
 
@@ -101,9 +101,9 @@ def read_status(out: str | os.PathLike) -> Optional[dict]:
 
 def pending_methods(out: Optional[str | os.PathLike] = None, quick: bool = False, device: str = "auto") -> list[str]:
     """The plan's methods without a complete checkpoint in ``out`` (default: the demo directory)."""
-    from .checkpoints import is_complete_checkpoint
-    from .demo import plan_for
-    from .train import resolve_device
+    from ..io.checkpoints import is_complete_checkpoint
+    from . import plan_for
+    from ..training.trainer import resolve_device
 
     root = _out(out, quick)
     plan = plan_for(resolve_device(device), quick)
@@ -203,7 +203,7 @@ def start(quick: bool = False, device: str = "auto", out: Optional[str | os.Path
                              "started": time.time(), "log": str(log_path)})
         cmd = [sys.executable, "-m", "toast_core.background", "run", "--out", str(root), "--lock-fd", str(fd),
                "--device", device, "--methods", ",".join(todo), "--nice", str(nice)] + (["--quick"] if quick else [])
-        package_root = str(Path(__file__).resolve().parent.parent)
+        package_root = str(Path(__file__).resolve().parents[2])
         child_env = dict(os.environ)
         child_env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, child_env.get("PYTHONPATH")) if p)
         child_env.update(env or {})
@@ -344,9 +344,9 @@ def run(out: Path, methods: list[str], quick: bool, device: str, lock_fd: Option
     try:
         import torch
 
-        from .demo import plan_for, prepare_demo
-        from .errors import TrainingStopped
-        from .train import resolve_device
+        from . import plan_for, prepare_demo
+        from ..errors import TrainingStopped
+        from ..training.trainer import resolve_device
 
         torch.set_num_threads(os.cpu_count() or 1)
         plan = plan_for(resolve_device(device), quick)

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 
 #: where the repository keeps them (present in a clone / editable install; absent from a bare wheel)
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "checkpoints"
+SHIPPED_DIR = Path(__file__).resolve().parents[2] / "assets" / "checkpoints"
 SHIP_DTYPE = torch.float16
 
 
@@ -53,7 +53,7 @@ def mismatch(cfg: dict, backbone_sha256: str, manifest_sha256: str, image_size: 
 def _read(src: Path) -> tuple[dict[str, torch.Tensor], dict]:
     from safetensors.torch import load_file
 
-    from .checkpoints import read_checkpoint_info
+    from ..io.checkpoints import read_checkpoint_info
 
     cfg = read_checkpoint_info(src)
     cfg.pop("path", None), cfg.pop("file_size", None)
@@ -61,7 +61,7 @@ def _read(src: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def _write(tensors: dict[str, torch.Tensor], cfg: dict, dst: Path) -> Path:
-    from .checkpoints import write_checkpoint_files
+    from ..io.checkpoints import write_checkpoint_files
 
     return write_checkpoint_files(tensors, cfg, Path(dst))
 
@@ -104,7 +104,7 @@ def shipped_stage1() -> Optional[Path]:
 
 def stage1_mismatch(cfg: dict, settings: dict, backbone_sha256: str) -> Optional[str]:
     """Why a shipped stage-1 checkpoint (config ``cfg``) does not fit; None when it was fitted with
-    ``settings`` (a :class:`toast_core.pretune.Stage1Config` as a dict) on these backbone weights."""
+    ``settings`` (a :class:`toast_core.training.pretune.Stage1Config` as a dict) on these backbone weights."""
     if not cfg.get("complete") or cfg.get("stage") != "pretune":
         return "it is not a finished stage-1 checkpoint"
     got = (cfg.get("backbone_weights") or {}).get("sha256")
@@ -117,7 +117,7 @@ def stage1_mismatch(cfg: dict, settings: dict, backbone_sha256: str) -> Optional
 
 def shipped_stage1_fits(settings, backbone_sha256: str) -> bool:
     """Whether the shipped stage-1 checkpoint can stand in for fitting ``settings`` here."""
-    from .checkpoints import read_checkpoint_info
+    from ..io.checkpoints import read_checkpoint_info
 
     src = shipped_stage1()
     return src is not None and stage1_mismatch(read_checkpoint_info(src), settings.to_dict(), backbone_sha256) is None

@@ -15,7 +15,7 @@ rebuilt from the config and its weights are checked against the sha256 recorded 
 fine-tuning, and any model built on random backbone weights, saves every tensor.
 
 A training-state file (``last.safetensors``: trainable parameters, optimizer state, RNG states, epoch
-and step) lets :func:`toast_core.train.train` resume an interrupted run.
+and step) lets :func:`toast_core.training.trainer.train` resume an interrupted run.
 
 Writes go to a temporary file that is renamed over the target (``os.replace``), so a reader, or a
 run killed mid-write, sees the previous file or the new one, never a torn one. Setting
@@ -36,8 +36,8 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 
-from .cache import atomic_write_bytes, sha256_file
-from .errors import CheckpointError
+from ..cache import atomic_write_bytes, sha256_file
+from ..errors import CheckpointError
 from .safe_io import describe_state_diff, load_state_dict, read_safetensors_metadata, save_state_dict
 
 FORMAT = "toast-core-checkpoint"
@@ -75,7 +75,7 @@ def atomic_save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.
                             metadata: Optional[dict[str, str]] = None) -> Path:
     """Write ``tensors`` as safetensors to ``path`` atomically (temporary file, fsync, rename).
 
-    :func:`toast_core.safe_io.save_state_dict` with this module's test hook (``PAUSE_ENV``) before the
+    :func:`toast_core.io.safe_io.save_state_dict` with this module's test hook (``PAUSE_ENV``) before the
     rename, so every checkpoint write can be interrupted on purpose.
     """
     return save_state_dict(tensors, path, metadata, before_rename=_pause_hook)
@@ -174,12 +174,12 @@ def _cached_sha256(path: Path) -> str:
 
 def backbone_record(model) -> dict:
     """Where the backbone weights came from, with the hash that a later load must match."""
-    from .backbones import DEFAULT_BACKBONE
+    from ..backbones import DEFAULT_BACKBONE
 
     info = getattr(model, "build_info", {})
     source = info.get("pretrained")
     if source is True and info.get("backbone") == DEFAULT_BACKBONE:
-        from .default_backbone import default_backbone_sha256, ensure_default_backbone
+        from ..default_backbone import default_backbone_sha256, ensure_default_backbone
 
         path = ensure_default_backbone()
         return {"source": "default", "file": path.name, "sha256": default_backbone_sha256()}
@@ -213,7 +213,7 @@ def library_versions() -> dict[str, str]:
 
     import timm
 
-    from . import __version__
+    from .. import __version__
 
     out = {"toast_core": __version__, "torch": torch.__version__, "timm": timm.__version__,
            "python": platform.python_version()}
@@ -343,7 +343,7 @@ def _verify_backbone(cfg: dict, model) -> None:
     rec = cfg.get("backbone_weights") or {}
     source = rec.get("source")
     if source == "default" and rec.get("sha256"):
-        from .default_backbone import default_backbone_sha256, ensure_default_backbone
+        from ..default_backbone import default_backbone_sha256, ensure_default_backbone
 
         now = default_backbone_sha256()
         if now != rec["sha256"]:
@@ -401,7 +401,7 @@ def build_without_init(method: str, *, pretrained: Any = True, backbone_kwargs: 
     replace it anyway (several seconds for a ViT-S on a small CPU). The fresh classifier head then
     has PyTorch's default ``nn.Linear`` initialisation; method modules initialise themselves as usual.
     ``build_info`` is the same as ``build_model``'s."""
-    from .models import build_model
+    from ..models import build_model
 
     plain = dict(backbone_kwargs or {})
     if pretrained is False or "weight_init" in plain:
@@ -431,7 +431,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     Raises:
         CheckpointError: missing/unreadable file, other backbone weights, keys or shapes that differ.
     """
-    from .models import build_model
+    from ..models import build_model
     cfg = read_checkpoint_info(path)
     pretrained = _pretrained_arg(cfg)
     kwargs = dict(cfg.get("backbone_kwargs") or {})

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import BmpImagePlugin, GifImagePlugin, Image, ImageOps, JpegImagePlugin, PngImagePlugin  # noqa: F401
 from PIL import TiffImagePlugin, WebPImagePlugin  # noqa: F401  (registers the decoders in Image.OPEN)
 
-from .errors import InputError
+from ..errors import InputError
 
 #: Formats handed to a decoder (PIL format names; JPEG includes MPO, the multi-picture JPEG of phones).
 SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")

@@ -1,7 +1,7 @@
 """Importing checkpoints made elsewhere: the TOAST authors' published layout.
 
 (A plain timm/DeiT checkpoint file is a backbone: ``build_model(method, backbone=name,
-pretrained=path)``; this project's own checkpoints load with :func:`toast_core.checkpoints.load_checkpoint`.)
+pretrained=path)``; this project's own checkpoints load with :func:`toast_core.io.checkpoints.load_checkpoint`.)
 
 The authors' vision checkpoints hold DeiT/timm-style backbone keys plus ``decoders.{l}.linear.weight``
 (A_l), ``decoders.{l}.linear2.weight`` (B_l), ``prompt`` (ξ), ``top_down_transform`` (P) and ``head.*``,
@@ -15,7 +15,7 @@ import os
 import re
 from typing import Union
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 _TOP_DOWN = re.compile(r"^(decoders\.\d+\.linear2?\.weight|prompt|top_down_transform)$")
 
@@ -45,8 +45,8 @@ def import_official_toast(path: Union[str, os.PathLike], backbone: str = "vit_ba
         CheckpointError: the file is unsafe/unreadable, is not a TOAST checkpoint, or does not fit the
             backbone (the message lists what differs).
     """
-    from .backbones import load_backbone_weights
-    from .models import build_model
+    from ..backbones import load_backbone_weights
+    from ..models import build_model
     from .safe_io import load_state_dict
 
     state = load_state_dict(path)

@@ -201,7 +201,7 @@ class _TOASTBase(TransferModel):
         return self._two_passes(images, td_scale, xi, collect_io=False)[0]
 
     def first_pass_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """The bottom-up pass's output tokens (no gradient): what :class:`~toast_core.first_pass.FirstPassCache`
+        """The bottom-up pass's output tokens (no gradient): what :class:`~toast_core.training.first_pass.FirstPassCache`
         memoises while training (the trainer passes it back as ``first_pass``)."""
         return self.bottom_up(images).tokens
 
@@ -218,7 +218,7 @@ class _TOASTBase(TransferModel):
 
     def training_outputs(self, images: torch.Tensor, stage: str = "tune", first_pass=None):
         """Logits and extra losses; pre-tuning adds the reconstruction loss. ``first_pass``: a callable
-        images → bottom-up tokens (e.g. a :class:`~toast_core.first_pass.FirstPassCache`)."""
+        images → bottom-up tokens (e.g. a :class:`~toast_core.training.first_pass.FirstPassCache`)."""
         want_rec = stage == "pretune" and self.config.recon_weight > 0
         logits, second = self._two_passes(images, collect_io=want_rec, first_pass=first_pass)
         extra = {}

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import CheckpointError, InputError
+from ..errors import CheckpointError, InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -153,19 +153,19 @@ def pretune(out_dir: str | os.PathLike, *, backbone: Optional[str] = None, pretr
         out_dir: where the stage-1 checkpoint goes (a normal checkpoint; method ``toast``, stage ``pretune``).
         backbone, pretrained, img_size, backbone_kwargs: as for :func:`toast_core.build_model`.
         data: generic-set size and image size.
-        train_config: a :class:`toast_core.train.TrainConfig` (its ``stage`` is forced to "pretune").
+        train_config: a :class:`toast_core.training.trainer.TrainConfig` (its ``stage`` is forced to "pretune").
         toast_config: TOAST options (e.g. ``recon_weight``).
-        resume: as for :func:`toast_core.train.train` (``"auto"`` discards a state from another run).
+        resume: as for :func:`toast_core.training.trainer.train` (``"auto"`` discards a state from another run).
         meta: extra checkpoint config fields.
     Returns:
-        the :class:`toast_core.train.TrainResult` (``result.checkpoint`` is the file to initialise from).
+        the :class:`toast_core.training.trainer.TrainResult` (``result.checkpoint`` is the file to initialise from).
     """
     import dataclasses
 
-    from .backbones import DEFAULT_BACKBONE
-    from .checkpoints import build_without_init
-    from .models import data_config
-    from .train import TrainConfig, train
+    from ..backbones import DEFAULT_BACKBONE
+    from ..io.checkpoints import build_without_init
+    from ..models import data_config
+    from .trainer import TrainConfig, train
 
     data = data or PretuneData()
     cfg = dataclasses.replace(train_config or TrainConfig(epochs=2, lr=1e-3), stage="pretune")
@@ -192,8 +192,8 @@ TOPDOWN_KEYS = ("prompt", "top_down_transform")
 def pretuned_topdown(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """The top-down module of a stage-1 checkpoint: ({"decoders.{l}.linear.weight", ...,
     "prompt", "top_down_transform"}: tensors, checkpoint config)."""
-    from .checkpoints import read_checkpoint_info
-    from .safe_io import load_state_dict
+    from ..io.checkpoints import read_checkpoint_info
+    from ..io.safe_io import load_state_dict
 
     info = read_checkpoint_info(path)
     if info.get("method") not in ("toast", "toast-lite") or info.get("stage") != "pretune":
@@ -221,8 +221,8 @@ def init_from_pretuned(model, path: str | os.PathLike) -> dict:
     Raises:
         CheckpointError: another backbone, other backbone weights, or other shapes.
     """
-    from .cache import sha256_file
-    from .checkpoints import backbone_record
+    from ..cache import sha256_file
+    from ..io.checkpoints import backbone_record
 
     tensors, info = pretuned_topdown(path)
     mine = getattr(model, "build_info", {})
@@ -261,19 +261,19 @@ def init_from_pretuned(model, path: str | os.PathLike) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
-# Stage 1 by least squares (the default): toast_core.stage1
+# Stage 1 by least squares (the default): toast_core.training.stage1
 # ------------------------------------------------------------------------------------------------
 
 @dataclass
 class Stage1Config:
-    """The least-squares stage 1 (:func:`toast_core.stage1.fit_topdown`) on generic photo crops.
+    """The least-squares stage 1 (:func:`toast_core.training.stage1.fit_topdown`) on generic photo crops.
 
     Attributes:
         n_fit: crops the maps are fitted on; n_held_out: crops (another split) the diagnostics use.
         image_size: crop side (the model's input side).
         td_gain: B_l maps h_l to td_gain × (norm1(in_l) − β_l).
         ridge: λ relative to each Gram matrix's mean diagonal.
-        xi_init: ξ's start (:func:`toast_core.stage1.initial_xi`): ``"pc1"`` (the patch tokens' first
+        xi_init: ξ's start (:func:`toast_core.training.stage1.initial_xi`): ``"pc1"`` (the patch tokens' first
             principal component, orthogonal to their mean) or ``"cls-minus-patch"`` (mean CLS token
             minus mean patch token).
     """
@@ -296,7 +296,7 @@ def pretune_least_squares(out_dir: str | os.PathLike, *, config: Optional[Stage1
                           backbone: Optional[str] = None, pretrained: Any = True,
                           backbone_kwargs: Optional[dict] = None, meta: Optional[dict] = None,
                           progress=None, device: str = "cpu") -> dict:
-    """Stage 1 of TOAST as its exact minimiser: fit the top-down module (:mod:`toast_core.stage1`) on
+    """Stage 1 of TOAST as its exact minimiser: fit the top-down module (:mod:`toast_core.training.stage1`) on
     generic photo crops, measure it on held-out crops, and save it as a stage-1 checkpoint (method
     ``toast``, stage ``pretune``) that :func:`init_from_pretuned` reads.
 
@@ -305,9 +305,9 @@ def pretune_least_squares(out_dir: str | os.PathLike, *, config: Optional[Stage1
     """
     import time
 
-    from .backbones import DEFAULT_BACKBONE
-    from .checkpoints import build_without_init, read_checkpoint_info, save_checkpoint
-    from .models import data_config
+    from ..backbones import DEFAULT_BACKBONE
+    from ..io.checkpoints import build_without_init, read_checkpoint_info, save_checkpoint
+    from ..models import data_config
     from .stage1 import STAGE1_KIND, fit_topdown, stage1_diagnostics
 
     cfg = config or Stage1Config()

@@ -3,7 +3,7 @@
 Pre-tuning's reconstruction loss, Σ_l MSE(A_l·out_l, in_l), is linear regression per block, so its exact
 minimiser is a ridge solution; no number of gradient steps beats it, and 40 AdamW steps came nowhere near
 it (R² −0.06…−0.50 against the ridge fit's 0.86–0.93 on held-out images). :func:`fit_topdown` computes it
-from Gram statistics accumulated over generic photo crops (the stage-1 data of :mod:`toast_core.pretune`,
+from Gram statistics accumulated over generic photo crops (the stage-1 data of :mod:`toast_core.training.pretune`,
 nothing from any downstream task), in two sweeps over the images:
 
 1. **A_l** (``decoders.{l}.linear``): ridge fit of the block's input tokens from its output tokens,
@@ -40,7 +40,7 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError
+from ..errors import InputError
 
 Progress = Callable[[float, str], None]
 STAGE1_KIND = "least-squares"

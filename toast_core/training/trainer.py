@@ -9,7 +9,7 @@ parameters that require grad. Everything else is shared:
 * evaluation each epoch (accuracy, loss) on a validation split, optional test split at the end;
 * progress through callbacks (for the app) and a tqdm bar (for the command line);
 * after every epoch (and every ``save_every_steps`` steps) an atomic checkpoint
-  (:mod:`toast_core.checkpoints`) and a training-state file, so ``train(..., resume=True)`` continues an
+  (:mod:`toast_core.io.checkpoints`) and a training-state file, so ``train(..., resume=True)`` continues an
   interrupted run exactly where the last state was written;
 * a NaN/inf loss or gradient stops the run with :class:`NonFiniteLossError`; the last good checkpoint
   stays;
@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import InputError, ToastError
+from ..errors import InputError, ToastError
 
 
 class TrainingError(ToastError):
@@ -84,7 +84,7 @@ class TrainConfig:
         save_every_steps: also write the training state every N steps (0 = per epoch only).
         cache_features: train head-only models on cached backbone features (one backbone pass).
         cache_first_pass: memoise a frozen first pass per training image (TOAST's bottom-up pass,
-            :mod:`toast_core.first_pass`; single process on a CPU, where that pass is about a fifth of
+            :mod:`toast_core.training.first_pass`; single process on a CPU, where that pass is about a fifth of
             a step): once an image has been seen, its steps run only the top-down pass.
         stage: ``"tune"`` or ``"pretune"`` (TOAST stage 1: adds the reconstruction loss).
         max_steps_per_epoch: cap on steps per epoch (0 = the whole training set).
@@ -450,7 +450,7 @@ def evaluate(model: nn.Module, data, batch_size: int = 64, device: str | torch.d
 def is_head_only(model: nn.Module) -> bool:
     """True when only ``model.vit.head`` trains and the forward is the plain single pass, so the
     features before the head are fixed and can be computed once."""
-    from .methods.base import TransferModel
+    from ..methods.base import TransferModel
 
     if not isinstance(model, TransferModel):
         return False
@@ -509,7 +509,7 @@ def _dataset_signature(data) -> dict:
 def run_signature(model, cfg: TrainConfig, train_data, val_data, extra: Optional[dict] = None) -> str:
     """Hash of what determines a run: the model's build info and backbone weights, the config, the
     datasets and ``extra`` (e.g. where a pre-tuned initialisation came from)."""
-    from .checkpoints import backbone_record
+    from ..io.checkpoints import backbone_record
 
     payload = {"build": getattr(model, "build_info", {}), "train": cfg.signature(),
                "data": {"train": _dataset_signature(train_data), "val": _dataset_signature(val_data)},
@@ -547,7 +547,7 @@ def train(model: nn.Module, train_data, val_data=None, config: Optional[TrainCon
         NonFiniteLossError: the loss or gradients became NaN/inf (previous checkpoint kept).
         TrainingError: nothing to train, or a saved state that belongs to another run.
     """
-    from . import checkpoints as ckpt
+    from ..io import checkpoints as ckpt
 
     cfg = config or TrainConfig()
     start_time = time.perf_counter()

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 from .render import check_image, check_map, color_scale, overlay
 
 SCALES = ("shared", "per-panel", "signed")

@@ -16,7 +16,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 Scale = tuple[float, float]
 
