@@ -136,7 +136,7 @@ def attnlrp(model: torch.nn.Module, images: torch.Tensor, target: Target = None,
         pixel = (x * grads[0]).sum(dim=1)  # (B, H, W)
         vit = getattr(model, "vit", model)
         maps = pixels_to_patches(pixel.float(), result.grid, tuple(vit.patch_embed.patch_size))
-        extras = {"total": pixel.flatten(1).sum(1).float(),
+        extras = {"total": pixel.flatten(1).sum(1),
                   "logit": result.logits.detach().gather(1, target.view(-1, 1)).squeeze(1)}
         if track_softmax:
             extras["absorbed"] = _absorbed(terms, grads[1:], x.shape[0])
@@ -147,11 +147,10 @@ def attnlrp(model: torch.nn.Module, images: torch.Tensor, target: Target = None,
 def _absorbed(terms: list, grads: tuple, batch: int) -> torch.Tensor:
     """Per image, Σ over softmax calls of ½(Σ A⊙∂A − Σ x⊙∂x): relevance entering a softmax minus
     relevance leaving it (the ½ is the uniform rule's share of A·V that goes to A)."""
-    lost = torch.zeros(batch, device=grads[0].device if grads else "cpu")
+    lost = []
     for i in range(0, len(terms), 2):
-        logits, weights = terms[i], terms[i + 1]
-        g_x, g_a = grads[i], grads[i + 1]
+        (logits, weights), (g_x, g_a) = terms[i:i + 2], grads[i:i + 2]
         r_in = (weights * g_a).flatten(1).sum(1)
         r_out = (logits * g_x).flatten(1).sum(1)
-        lost += 0.5 * (r_in - r_out).float()
-    return lost
+        lost.append(0.5 * (r_in - r_out))
+    return torch.stack(lost).sum(0) if lost else torch.zeros(batch)

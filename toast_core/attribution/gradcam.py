@@ -29,7 +29,7 @@ def gradcam(model: torch.nn.Module, images: torch.Tensor, target: Target = None,
     rec = AttributionRecorder(inputs=True)
     _, result = run_forward(model, images, rec, forward_kwargs)
     target = resolve_target(target, result.logits)
-    act = rec.inputs[rec.final_index][-1]  # (B, N, C): the last block's attention input, a leaf
+    act = rec.inputs[rec.final_index][-1]  # (B, N, C): the last block's attention input, on the graph
     (grad,) = torch.autograd.grad(target_score(result.logits, target), [act])
     (h, w), n_prefix, n_prompts = rec.layout()
     lead = n_prefix + n_prompts

@@ -5,13 +5,14 @@ The recorder (:class:`AttributionRecorder`) is an :class:`~toast_core.recording.
 runs through :func:`~toast_core.recording.extract_attention` like any recording: per call, in
 thread-local state, nothing installed on the model. Through the attention layer's hooks it can
 
-* keep each block's attention **output** A·V (B, H, N, D) as a leaf that requires grad, with the block's
+* keep each block's attention **output** A·V (B, H, N, D) on the graph (made a leaf that requires grad
+  where nothing upstream needs a gradient, e.g. the first block of a frozen backbone), with the block's
   q, k, v. Since O = A·V per head, ∂y/∂A = (∂y/∂O)·Vᵀ and A = softmax(q·kᵀ·scale) is recomputed from q
   and k, so gradients w.r.t. attention come out while the forward pass stays fused (SDPA);
-* keep each block's attention **input** (its norm1 output, (B, N, C)) as a leaf (Grad-CAM);
+* keep each block's attention **input** (its norm1 output, (B, N, C)) on the graph the same way (Grad-CAM);
 * keep each block's **output tokens** with their graph (LeGrad's per-layer scores).
 
-Leaves are made only where gradients are on: TOAST runs its bottom-up pass under ``no_grad`` unless the
+This happens only where gradients are on: TOAST runs its bottom-up pass under ``no_grad`` unless the
 images need a gradient, so kinds that backpropagate to attention explain its top-down pass given the
 bottom-up one.
 """
@@ -49,6 +50,12 @@ class AttentionCall:
         return out_grad.float() @ self.v.float().transpose(-2, -1)
 
 
+def _differentiable(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when it is already on the graph; otherwise (nothing upstream needs a gradient, e.g.
+    the first block of a frozen backbone) a leaf that requires grad: nothing upstream is cut either way."""
+    return t if t.requires_grad else t.detach().requires_grad_(True)
+
+
 class AttributionRecorder(AttentionRecorder):
     """A recorder that also keeps what gradient-based maps need (see the module docstring).
 
@@ -72,17 +79,16 @@ class AttributionRecorder(AttentionRecorder):
     def attention_input(self, module, x):
         if not (self.want_inputs and torch.is_grad_enabled()):
             return x
-        leaf = x.detach().requires_grad_(True)
-        self.inputs.setdefault(self._index(), []).append(leaf)
-        return leaf
+        x = _differentiable(x)
+        self.inputs.setdefault(self._index(), []).append(x)
+        return x
 
     def attention_output(self, module, q, k, v, out):
         if not (self.want_outputs and torch.is_grad_enabled()):
             return out
-        leaf = out.detach().requires_grad_(True)
-        call = AttentionCall(module, q.detach(), k.detach(), v.detach(), leaf)
-        self.calls.setdefault(self._index(), []).append(call)
-        return leaf
+        out = _differentiable(out)
+        self.calls.setdefault(self._index(), []).append(AttentionCall(module, q.detach(), k.detach(), v.detach(), out))
+        return out
 
     def add_tokens(self, x):
         super().add_tokens(x)

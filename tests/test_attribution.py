@@ -1,0 +1,299 @@
+"""Attribution kinds (gae, legrad, gradcam, attnlrp) against independent references and their invariants.
+
+References: Chefer et al.'s rules computed with hooks on a stock timm ViT (fused attention off);
+pytorch-grad-cam's GradCAM; torchcam's LeGrad on a torchvision ViT copied into a timm twin; AttnLRP's
+conservation of relevance (with biases zero, input relevance + what the softmax rule absorbs = logit).
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import toast_core as tc
+from toast_core import maps
+from toast_core.attribution import ATTRIBUTION_KINDS, attnlrp, attribute, gae, gradcam, legrad
+from toast_core.attribution.attnlrp import LRPRules
+from toast_core.errors import InputError
+from toast_core.methods import available_methods
+
+from .conftest import TINY, TINY_REG, tiny_model
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+KINDS = list(ATTRIBUTION_KINDS)
+
+
+def imgs(b=2, h=32, w=32, seed=0):
+    return torch.randn(b, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def stock_twin(model, spec):
+    """timm's own VisionTransformer (stock Attention, fused attention off) with the model's weights."""
+    stock = timm.create_model(spec["backbone"], pretrained=False, num_classes=model.vit.num_classes,
+                              img_size=spec["img_size"], dynamic_img_size=True, **spec["backbone_kwargs"])
+    stock.load_state_dict(model.vit.state_dict())
+    for blk in stock.blocks:
+        blk.attn.fused_attn = False
+    return stock.eval()
+
+
+def chefer_reference(stock, x, target):
+    """Chefer et al.'s GAE with hooks, one image at a time: R = I; R += mean_h((∇A ⊙ A)⁺) R; CLS row."""
+    out = []
+    for i in range(x.shape[0]):
+        attn, grad = {}, {}
+
+        def keep(idx):
+            def hook(_module, _inp, a):
+                attn[idx] = a
+                a.register_hook(lambda g: grad.__setitem__(idx, g))
+            return hook
+
+        handles = [b.attn.attn_drop.register_forward_hook(keep(j)) for j, b in enumerate(stock.blocks)]
+        try:
+            stock(x[i:i + 1])[0, int(target[i])].backward()
+        finally:
+            for h in handles:
+                h.remove()
+        n = attn[0].shape[-1]
+        rel = torch.eye(n)
+        for j in range(len(stock.blocks)):
+            cam = (grad[j][0] * attn[j][0]).clamp(min=0).mean(dim=0)
+            rel = rel + cam @ rel
+        p = stock.num_prefix_tokens
+        gh, gw = x.shape[-2] // stock.patch_embed.patch_size[0], x.shape[-1] // stock.patch_embed.patch_size[1]
+        out.append(rel[0, p:].reshape(gh, gw))
+    return torch.stack(out)
+
+
+def max_norm(m):
+    return m / m.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
+
+
+@pytest.mark.parametrize("spec,size", [(TINY, (32, 32)), (TINY, (24, 40)), (TINY_REG, (28, 42))])
+def test_gae_matches_chefer_rules_on_stock_timm(spec, size):
+    model = tiny_model("linear", spec=spec)
+    x = imgs(3, *size)
+    ours = gae(model, x)
+    ref = chefer_reference(stock_twin(model, spec), x, ours.target)
+    assert ours.maps.shape == ref.shape
+    assert torch.allclose(max_norm(ours.maps), max_norm(ref), atol=1e-4), (max_norm(ours.maps) - max_norm(ref)).abs().max()
+    # also for a class other than the prediction
+    other = (ours.target + 1) % 5
+    assert torch.allclose(max_norm(gae(model, x, other).maps), max_norm(chefer_reference(
+        stock_twin(model, spec), x, other)), atol=1e-4)
+
+
+def _grad_cam_reference(model, x, target, lead):
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    gh, gw = x.shape[-2] // model.vit.patch_embed.patch_size[0], x.shape[-1] // model.vit.patch_embed.patch_size[1]
+
+    def reshape(t):  # our own transform: prefix tokens dropped, any grid
+        return t[:, lead:].reshape(t.shape[0], gh, gw, t.shape[-1]).permute(0, 3, 1, 2)
+
+    with GradCAM(model=model, target_layers=[model.vit.blocks[-1].norm1], reshape_transform=reshape) as cam:
+        return cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in target])
+
+
+@pytest.mark.parametrize("spec,size", [(TINY, (32, 32)), (TINY, (24, 40)), (TINY_REG, (28, 42))])
+def test_gradcam_matches_pytorch_grad_cam(spec, size):
+    from pytorch_grad_cam.utils.image import scale_cam_image
+
+    x = imgs(3, *size)
+    ours = gradcam(tiny_model("linear", spec=spec), x)
+    hooked = tiny_model("linear", spec=spec).requires_grad_(True)  # grad-cam hooks (and needs grads): a copy
+    ref = _grad_cam_reference(hooked, x, ours.target, hooked.vit.num_prefix_tokens)
+    # grad-cam's output = min-max (resize (min-max (cam))): apply its own scaling to our raw map
+    expected = scale_cam_image(scale_cam_image(ours.maps.numpy(), (size[1], size[0])))
+    assert ref.shape == expected.shape
+    assert float(ours.maps.max()) > 0
+    np.testing.assert_allclose(expected, ref, atol=1e-4)
+
+
+def _torchvision_twin():
+    """A tiny random torchvision ViT and the library's timm model with the same weights."""
+    from torchvision.models import VisionTransformer
+
+    torch.manual_seed(1)
+    tv = VisionTransformer(image_size=32, patch_size=8, num_layers=3, num_heads=2, hidden_dim=32,
+                           mlp_dim=128, num_classes=5).eval()
+    with torch.no_grad():  # torchvision zero-inits the head and class token: randomise everything
+        for p in tv.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    twin = tc.build_model("linear", backbone="vit_tiny_patch16_224", num_classes=5, pretrained=False, img_size=32,
+                          backbone_kwargs=dict(patch_size=8, depth=3, embed_dim=32, num_heads=2, mlp_ratio=4.0)).eval()
+    v, e = twin.vit, tv.encoder
+    with torch.no_grad():
+        v.patch_embed.proj.weight.copy_(tv.conv_proj.weight)
+        v.patch_embed.proj.bias.copy_(tv.conv_proj.bias)
+        v.cls_token.copy_(tv.class_token)
+        v.pos_embed.copy_(e.pos_embedding)
+        for blk, layer in zip(v.blocks, e.layers):
+            pairs = [(blk.norm1, layer.ln_1), (blk.norm2, layer.ln_2), (blk.attn.proj, layer.self_attention.out_proj),
+                     (blk.mlp.fc1, layer.mlp[0]), (blk.mlp.fc2, layer.mlp[3])]
+            for dst, src in pairs:
+                dst.weight.copy_(src.weight)
+                dst.bias.copy_(src.bias)
+            blk.attn.qkv.weight.copy_(layer.self_attention.in_proj_weight)
+            blk.attn.qkv.bias.copy_(layer.self_attention.in_proj_bias)
+        v.norm.weight.copy_(e.ln.weight)
+        v.norm.bias.copy_(e.ln.bias)
+        v.head.weight.copy_(tv.heads.head.weight)
+        v.head.bias.copy_(tv.heads.head.bias)
+    return tv, twin
+
+
+def test_legrad_matches_torchcam_on_a_torchvision_twin():
+    from torchcam.methods import LeGrad
+
+    tv, twin = _torchvision_twin()
+    x = imgs(3)
+    assert torch.allclose(tv(x), twin(x), atol=1e-5)  # the twin is the same network
+    ours = legrad(twin, x)
+    project = lambda t: tv.heads(tv.encoder.ln(t[:, 0]))  # noqa: E731 - CLS score, as the model pools
+    with LeGrad(tv, list(tv.encoder.layers), score_projection=project) as extractor:
+        scores = tv(x)
+        ref = extractor(ours.target.tolist(), scores, normalized=False)[0]
+    assert float(ref.max()) > 0
+    assert torch.allclose(ours.maps, ref, atol=1e-6, rtol=1e-4), (ours.maps - ref).abs().max()
+    # the last two layers only (the LeGrad authors' choice for ViT-B)
+    two = legrad(twin, x, last_layers=2)
+    with LeGrad(tv, list(tv.encoder.layers)[-2:], score_projection=project) as extractor:
+        ref2 = extractor(ours.target.tolist(), tv(x), normalized=False)[0]
+    assert torch.allclose(two.maps, ref2, atol=1e-6, rtol=1e-4)
+
+
+def _zero_biases(model):
+    """Every additive constant of the network set to 0 (LRP's conservation holds without them)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf in ("bias", "pos_embed", "cls_token", "reg_token", "prompts"):
+                p.zero_()
+    return model
+
+
+@pytest.mark.parametrize("method", ["linear", "lora", "vpt-deep", "toast"])
+def test_attnlrp_conserves_relevance_with_zero_biases(method):
+    model = _zero_biases(tiny_model(method)).double()
+    x = imgs(3).double()
+    cp = attnlrp(model, x, rule="cp")
+    logit = cp.extras["logit"]
+    # CP-LRP (attention weights constant): the network is linear in the input, all relevance arrives
+    assert torch.allclose(cp.maps.flatten(1).sum(1).double(), logit, rtol=1e-5, atol=1e-6)  # float32 maps
+    assert torch.allclose(cp.extras["total"], logit, rtol=1e-6, atol=1e-8)
+    # AttnLRP: what the softmax rule absorbs is all that is missing
+    lrp = attnlrp(model, x, track_softmax=True)
+    total, absorbed = lrp.extras["total"], lrp.extras["absorbed"]
+    assert torch.allclose(total + absorbed, logit, rtol=1e-6, atol=1e-8), (total + absorbed - logit)
+    assert float(absorbed.abs().max()) > 1e-6  # the accounting is not trivially zero
+    assert torch.allclose(lrp.maps, attnlrp(model, x).maps)  # tracking does not change the map
+
+
+def test_attnlrp_rules_leave_values_alone_and_differ_from_plain_gradients():
+    model = tiny_model("toast")
+    x = imgs(2)
+    a = attnlrp(model, x)
+    with torch.no_grad():
+        assert torch.allclose(a.logits, model(x), atol=1e-5)
+    xg = x.clone().requires_grad_(True)
+    model(xg).gather(1, a.target.view(-1, 1)).sum().backward()
+    plain = (xg * xg.grad).sum(1)
+    assert not torch.allclose(plain.sum((1, 2)), a.extras["total"], rtol=1e-3)
+
+
+def test_lrp_rules_are_thread_local():
+    """While one thread runs under the LRP rules, another thread's LayerNorm gradient is the plain one."""
+    x = torch.randn(4, 8, requires_grad=True)
+    ref = torch.autograd.grad(F.layer_norm(x, (8,)).pow(2).sum(), x)[0]
+    entered, done, seen = threading.Event(), threading.Event(), {}
+
+    def other():
+        entered.wait()
+        seen["g"] = torch.autograd.grad(F.layer_norm(x, (8,)).pow(2).sum(), x)[0]
+        done.set()
+
+    t = threading.Thread(target=other)
+    t.start()
+    with LRPRules():
+        entered.set()
+        done.wait(10)
+        mine = torch.autograd.grad(F.layer_norm(x, (8,)).pow(2).sum(), x)[0]
+    t.join()
+    assert torch.allclose(seen["g"], ref)
+    assert not torch.allclose(mine, ref)
+
+
+@pytest.mark.parametrize("method", ["toast", "vpt-deep", "lora"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_batched_equals_per_image(method, kind):
+    model = tiny_model(method)
+    x = imgs(3, 24, 40)
+    batched = attribute(kind, model, x)
+    single = torch.cat([attribute(kind, model, x[i:i + 1], target=batched.target[i:i + 1]).maps for i in range(3)])
+    assert torch.allclose(batched.maps, single, rtol=1e-4, atol=1e-6), (batched.maps - single).abs().max()
+
+
+@pytest.mark.parametrize("method", available_methods())
+def test_every_method_gives_finite_maps_on_any_grid(method):
+    model = tiny_model(method)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for size, grid in [((32, 40), (4, 5)), ((48, 24), (6, 3))]:
+        x = imgs(2, *size)
+        for kind in KINDS:
+            m, res = maps.maps_for(model, x, kind)
+            assert m.shape == (2, *grid), (kind, size)
+            assert torch.isfinite(m).all() and float(m.abs().max()) > 0, kind
+            if kind != "attnlrp":
+                assert float(m.min()) >= 0, kind
+            assert res.logits.grad_fn is None and res.grid == grid
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the model is never modified
+    assert all(not b.attn._forward_hooks and not b._forward_hooks for b in model.vit.blocks)
+
+
+def test_toast_scopes_and_labels():
+    model = tiny_model("toast")
+    x = imgs(2)
+    assert gae(model, x).explains == "top-down pass given bottom-up pass"
+    assert attnlrp(model, x).explains == "both passes + feedback path"
+    assert gradcam(tiny_model("linear"), x).explains == ""
+    assert maps.describe_map("legrad", pass_name="top-down") == "LeGrad · ≥ 0 · top-down pass given bottom-up pass"
+    assert maps.describe_map("attnlrp", passes=("bottom-up", "top-down")) == \
+        "AttnLRP · signed · both passes + feedback path"
+    assert maps.describe_map("gae") == "gradient-weighted rollout (Chefer) · ≥ 0"
+
+
+def test_toast_attnlrp_reaches_the_feedback_path():
+    """The TOAST map changes with the feedback path when only the top-down pass differs (td_scale)."""
+    model = tiny_model("toast")
+    x = imgs(2)
+    full = attnlrp(model, x)
+    bottom_only = attnlrp(model, x, forward_kwargs={"td_scale": 0.0}, target=full.target)
+    assert not torch.allclose(full.maps, bottom_only.maps, atol=1e-6)
+
+
+def test_target_and_bad_input():
+    model = tiny_model("linear")
+    x = imgs(2)
+    a = gae(model, x, target=3)
+    assert a.target.tolist() == [3, 3]
+    assert not torch.allclose(a.maps, gae(model, x, target=1).maps)
+    with pytest.raises(InputError, match="out of range"):
+        gae(model, x, target=9)
+    with pytest.raises(InputError, match="entries"):
+        legrad(model, x, target=[0, 1, 2])
+    with pytest.raises(InputError, match="unknown attribution kind"):
+        attribute("lime", model, x)
+    with pytest.raises(InputError, match="eval mode"):
+        gradcam(tiny_model("linear").train(), x)
+    with torch.inference_mode(), pytest.raises(InputError, match="inference_mode"):
+        attnlrp(model, x)
+    with pytest.raises(InputError, match="last_layers"):
+        legrad(model, x, last_layers=7)
