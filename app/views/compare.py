@@ -12,22 +12,33 @@ import time
 
 import streamlit as st
 
-from app import state
+from app import state, task, widgets
 from toast_core import compare as cmp
 from toast_core.viz import render
 from toast_core.errors import ToastError
 
-PER_ROW = 4
-MAP_SIDE = 200  # px: a panel's inner width at 4 per row in a 1400 px window (sidebar open); the map spans it
+#: a map's width in px per "Map size" choice; every card has a fixed width (map + its padding) and the
+#: grid wraps them to the window, so a map is never squeezed or cut at any width
+MAP_SIZES = {"small": 144, "medium": 176, "large": 240, "x-large": 320}
+CARD_PAD = 34  # px: a bordered container's padding and border, both sides
+HEADS_PER_LINE = 3
 
 
-def colorbar(lo: float, hi: float, cmap: str, label: str) -> None:
+def colorbar(lo: float, hi: float, cmap: str, label: str, key: str) -> None:
     """One thin colour bar for every panel (shared scale): the maps keep the card's whole width."""
-    st.markdown(
-        f'<div style="display:flex;align-items:center;gap:0.6rem;font-size:0.8rem;max-width:40rem">'
-        f'<span>{html.escape(label)}</span><span class="cbar-lo">{lo:.3g}</span>'
-        f'<div style="flex:1;height:0.6rem;border-radius:2px;background:{render.css_gradient(cmap)}"></div>'
-        f'<span class="cbar-hi">{hi:.3g}</span></div>', unsafe_allow_html=True)
+    with st.container(key=key):
+        st.markdown(
+            f'<div style="display:flex;align-items:center;gap:0.6rem;font-size:0.8rem;max-width:40rem">'
+            f'<span>{html.escape(label)}</span><span class="cbar-lo">{lo:.3g}</span>'
+            f'<div style="flex:1;height:0.6rem;border-radius:2px;background:{render.css_gradient(cmap)}"></div>'
+            f'<span class="cbar-hi">{hi:.3g}</span></div>', unsafe_allow_html=True)
+
+
+def map_height(shape: tuple[int, int], width: int) -> int:
+    """Chart height for a map ``width`` px wide that shows the whole image at its aspect ratio
+    (very tall images are capped at 1.6x the width; the plot area then narrows, keeping the aspect)."""
+    return int(round(min(1.6 * width, width * shape[0] / shape[1])))
+
 
 page_start = time.perf_counter()
 
@@ -35,7 +46,7 @@ entries, failures, note = state.session_entries()
 state.sidebar_status(note)
 st.title("Where does each method look?")
 st.caption("Every transfer method's attention (or attribution) on the same image, on one colour scale. "
-           "Hover a map to read a patch's value.")
+           "Hover a map to read a patch's value. " + widgets.NUMBERING)
 state.untrained_notice(entries)
 for key, msg in failures:
     st.error(f"Could not load {key}: {msg}")
@@ -53,6 +64,11 @@ with top[1]:
         st.image([state.gallery_image(p)[0] for _, p in items], caption=[lbl for lbl, _ in items], width=88)
 with top[2]:
     st.image(image, caption=f"{image.size[0]}×{image.size[1]}", width=120)
+truth = task.gallery_truth(image_label)
+with st.container(key="compare-task"):
+    st.markdown(task.task_line(entries[0].class_names, all(e.trained for e in entries)) + "  \n"
+                + task.truth_line(image_label))
+    task.far_notice(image_label, image, image_key)
 
 names = [e.name for e in entries]
 with st.sidebar:
@@ -66,16 +82,18 @@ with st.sidebar:
     if kind != "integrated_gradients":
         layer = state.layer_slider("cmp-layer", cmp.common_depth(selected))
         if kind == "cls":
-            head = state.head_control("cmp-heads", cmp.common_heads(selected))
+            head = widgets.head_control("cmp-heads", cmp.common_heads(selected))
         pass_name = state.pass_select("cmp-pass", selected)
     else:
         ig_steps = st.slider("IG steps", 4, 64, 16, step=4, key="cmp-ig-steps",
                              help="Integration steps (captum's n_steps); more is smoother and slower.")
     scale_mode = st.radio("Colour scale", ["shared", "per-panel"], key="cmp-scale", horizontal=True)
-    cmap = state.colormap_select("cmp-cmap")
-    alpha = state.opacity_slider("cmp-alpha")
     diff = st.toggle("Difference view", key="cmp-diff", help="Each method's map minus the reference's (signed).")
     reference = st.selectbox("Reference", [e.name for e in selected], key="cmp-reference", disabled=not diff)
+    diff = diff and len(selected) > 1
+    cmap = widgets.colormap_select("cmp-cmap", diff, state.COLORMAPS)
+    alpha = state.opacity_slider("cmp-alpha")
+    size = st.select_slider("Map size", list(MAP_SIZES), value="medium", key="keep-cmp-size")
     top_k = st.number_input("Top predictions", 1, 5, 3, key="cmp-topk")
 
 try:
@@ -88,55 +106,53 @@ except ToastError as e:
     st.stop()
 
 maps = {p.name: p.map for p in panels}
-signed = False
-if diff:
-    maps = cmp.differences(panels, reference)
-    signed, cmap = True, "RdBu_r"
-scale_maps = list(maps.values()) + [h for p in panels if p.heads is not None and not diff for h in p.heads]
-ranges = render.color_scale(scale_maps, mode=scale_mode, signed=signed)[:len(maps)]
+if diff:  # the reference's own difference is all zero: it gets no panel
+    maps = {n: m for n, m in cmp.differences(panels, reference).items() if n != reference}
+    panels = [p for p in panels if p.name != reference]
+ranges = render.color_scale(list(maps.values()), mode=scale_mode, signed=diff)
+all_heads = [h for p in panels if p.heads is not None and not diff for h in p.heads]
+heads_range = render.color_scale(all_heads, mode="shared")[0] if all_heads else None
 display = cmp.display_array(image)
+map_w = MAP_SIZES[size]
+map_h = map_height(display.shape[:2], map_w)
 
 kind_line = panels[0].label.split(" · ")[0]
 st.subheader(f"{kind_line}" + (f" — difference vs {reference}" if diff else ""))
+if diff:
+    st.caption(f"Each panel: the method's map minus **{reference}**'s (signed: red where the method puts more "
+               "weight, blue where less).")
 shared_bar = scale_mode == "shared"
 if shared_bar:
-    with st.container(key="compare-colorbar"):
-        colorbar(ranges[0][0], ranges[0][1], cmap, "colour scale, all panels:")
+    colorbar(ranges[0][0], ranges[0][1], cmap, "colour scale, all panels:", "compare-colorbar")
+if heads_range is not None and shared_bar:
+    colorbar(heads_range[0], heads_range[1], cmap, "single heads (own scale):", "compare-heads-colorbar")
 pending = state.pending_demo_methods()
-height = int(min(420, max(160, MAP_SIDE * display.shape[0] / display.shape[1])))
-grid = st.container(key="compare-grid")
-cards = [("panel", p, r) for p, r in zip(panels, ranges)] + [("pending", m, None) for m in pending]
-for start in range(0, len(cards), PER_ROW):
-    cols = grid.columns(PER_ROW)
-    for col, (what, p, rng) in zip(cols, cards[start:start + PER_ROW]):
-        if what == "pending":
-            with col.container(key=f"pending-{state.slug(p)}", border=True):
-                st.markdown(f"**{p}** · *not in this comparison yet*")
-                state.background_progress(f"panel-{state.slug(p)}", p)
-            continue
-        lo, hi = rng
-        s = state.slug(p.name)
-        with col.container(key=f"panel-{s}", border=True):
-            st.markdown(f"**{p.name}**" + ("" if p.trained else " · *untrained*"))
-            fig = render.heatmap_figure(display, maps[p.name], lo, hi, cmap, alpha)
-            fig.update_layout(height=height, margin={"l": 0, "r": 0, "t": 0, "b": 0})
-            if shared_bar:  # one colour bar above the grid
-                fig.update_traces(showscale=False, selector={"type": "heatmap"})
-            else:  # a thin bar beside the map; its range is in the caption below (hover gives values)
-                fig.update_traces(colorbar={"thickness": 6, "len": 1.0, "outlinewidth": 0, "xpad": 2,
-                                            "showticklabels": False, "ticks": ""}, selector={"type": "heatmap"})
-            st.plotly_chart(fig, key=f"fig-{s}", config={"displayModeBar": False})
-            if p.heads is not None and not diff:
-                hs = [[(None, h) for h in p.heads]]
-                hr = [[(lo, hi)] * len(p.heads)] if scale_mode == "shared" else \
-                    [render.color_scale(list(p.heads), mode="shared")]
-                hfig = render.grid_figure(hs, hr, col_labels=[f"head {i}" for i in range(len(p.heads))], cmap=cmap)
-                hfig.update_layout(height=130, margin={"l": 0, "r": 0, "t": 24, "b": 0})
-                st.plotly_chart(hfig, key=f"heads-{s}", config={"displayModeBar": False})
-            label = p.label + (f" · minus {reference}" if diff else "")
-            st.caption(label + ("" if shared_bar else f" · range {lo:.3g}…{hi:.3g}"))
-            with st.container(key=f"preds-{s}"):
-                st.caption(state.predictions_text(p.predictions))
+grid = st.container(key="compare-grid", horizontal=True, gap="small")
+for p, (lo, hi) in zip(panels, ranges):
+    s = state.slug(p.name)
+    width = (2 * map_w if p.heads is not None and not diff else map_w) + CARD_PAD
+    with grid.container(key=f"panel-{s}", border=True, width=width):
+        st.markdown(f"**{p.name}**" + ("" if p.trained else " · *untrained*"))
+        fig = render.heatmap_figure(display, maps[p.name], lo, hi, cmap, alpha)
+        fig.update_layout(height=map_h, width=map_w, margin={"l": 0, "r": 0, "t": 0, "b": 0})
+        fig.update_traces(showscale=False, selector={"type": "heatmap"})
+        task.outline_target(fig, truth, display.shape[:2])
+        st.plotly_chart(fig, key=f"fig-{s}", width=map_w, config={"displayModeBar": False})
+        if p.heads is not None and not diff:
+            hlo, hhi = heads_range if shared_bar else render.color_scale(list(p.heads), mode="shared")[0]
+            thumb = (2 * map_w - (HEADS_PER_LINE - 1) * 8) // HEADS_PER_LINE
+            small = cmp.display_array(image, max(2 * thumb, 96))
+            with st.container(key=f"heads-{s}"):
+                st.image([render.overlay(small, h, hlo, hhi, cmap, alpha, upsample="nearest") for h in p.heads],
+                         caption=[f"head {i + 1}" for i in range(len(p.heads))], width=thumb)
+        label = p.label.replace("head mean", "mean of heads") + (f" · minus {reference}" if diff else "")
+        st.caption(label + ("" if shared_bar else f" · range {lo:.3g}…{hi:.3g}"))
+        with st.container(key=f"preds-{s}"):
+            st.caption(state.predictions_text(p.predictions))
+for m in pending:
+    with grid.container(key=f"pending-{state.slug(m)}", border=True, width=map_w + CARD_PAD):
+        st.markdown(f"**{m}** · *not in this comparison yet*")
+        state.background_progress(f"panel-{state.slug(m)}", m)
 
 st.caption(f"{len(panels)} models · computed in {timer.seconds:.2f} s on {cmp.device_label(state.device())} "
            "(recordings are cached per model and image)", help=None)
