@@ -8,11 +8,13 @@ Stable keys: ``ins-bottom-up`` (clickable plotly map: click a patch to take ξ f
 ``ins-model``, ``keep-image``, ``ins-kind``, ``ins-layer``, ``ins-scale`` (steering 0..2),
 ``ins-xi`` (learned / patch), ``ins-row``, ``ins-col``, ``ins-cmap``, ``ins-alpha``.
 """
+import time
+
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import state
+from app import state, task
 from toast_core import compare as cmp
 from toast_core.viz import render
 from toast_core.errors import ToastError
@@ -28,6 +30,8 @@ if not toasts:
     st.info("No TOAST model is loaded. Load one on the Models page.")
     st.stop()
 state.untrained_notice(toasts)
+page_start = time.perf_counter()
+MAP_W = 220  # px: the three maps share one size
 
 with st.sidebar:
     names = [e.name for e in toasts]
@@ -97,37 +101,62 @@ with st.container(key="ins-predictions", border=True):
     p3.markdown(f"**ξ:** {insp.xi_source}  \n**top-{len(insp.predictions)}:** "
                 f"{state.predictions_text(insp.predictions)}")
 
-c_bu, c_td, c_gate = st.columns(3)
-with c_bu:
+with st.container(key="ins-task"):
+    st.markdown(task.task_line(entry.class_names, entry.trained) + "  \n" + task.truth_line(image_label))
+    task.far_notice(image_label, image, image_key)
+truth = task.gallery_truth(image_label)
+map_h = int(round(min(1.6 * MAP_W, MAP_W * display.shape[0] / display.shape[1])))
+
+
+def _bar(lo_: float, hi_: float, cmap_: str) -> None:
+    st.markdown(f'<div style="display:flex;align-items:center;gap:0.4rem;font-size:0.75rem;width:{MAP_W}px">'
+                f'<span>{lo_:.3g}</span><div style="flex:1;height:0.5rem;border-radius:2px;'
+                f'background:{render.css_gradient(cmap_)}"></div><span>{hi_:.3g}</span></div>',
+                unsafe_allow_html=True)
+
+
+def _map(m, lo_: float, hi_: float, cmap_: str, key: str, picker: bool = False) -> None:
+    """One of the three maps: all the same size, patch blocks, colour range in a bar below."""
+    fig = render.heatmap_figure(display, m, lo_, hi_, cmap_, alpha)
+    fig.update_traces(showscale=False, selector={"type": "heatmap"})
+    task.outline_target(fig, truth, display.shape[:2])
+    fig.update_layout(width=MAP_W, height=map_h, margin={"l": 0, "r": 0, "t": 0, "b": 0})
+    H, W = display.shape[:2]  # fixed ranges: the patch picker's markers must not widen the axes
+    fig.update_xaxes(range=[-0.5, W - 0.5], autorange=False)
+    fig.update_yaxes(range=[H - 0.5, -0.5], autorange=False)
+    if picker:
+        state.add_patch_picker(fig, display.shape[:2], (h, w), xi_patch)
+        fig.update_layout(clickmode="event+select", dragmode=False)
+        st.plotly_chart(fig, key=key, width=MAP_W, on_select=_take_clicked_patch, selection_mode="points",
+                        config={"displayModeBar": False})
+    else:
+        st.plotly_chart(fig, key=key, width=MAP_W, config={"displayModeBar": False})
+    _bar(lo_, hi_, cmap_)
+
+
+maps_row = st.container(key="ins-maps", horizontal=True, gap="medium")
+with maps_row.container(width=MAP_W + 4):
     st.markdown(f"**Bottom-up pass** · {MAP_KINDS[kind]} · layer {layer + 1}/{entry.num_layers}")
-    fig = render.heatmap_figure(display, insp.bottom_up[layer], lo, hi, cmap, alpha)
-    state.add_patch_picker(fig, display.shape[:2], (h, w), xi_patch)
-    fig.update_layout(height=300, clickmode="event+select", dragmode=False)
-    st.plotly_chart(fig, key="ins-bottom-up", on_select=_take_clicked_patch, selection_mode="points",
-                    config={"displayModeBar": False})
+    _map(insp.bottom_up[layer], lo, hi, cmap, "ins-bottom-up", picker=True)
     st.caption("Click a patch to take ξ from it.")
-with c_td:
-    st.markdown(f"**Top-down pass** · steering {td_scale:.2f}")
-    fig = render.heatmap_figure(display, insp.top_down[layer], lo, hi, cmap, alpha)
-    fig.update_layout(height=300)
-    st.plotly_chart(fig, key="ins-top-down", config={"displayModeBar": False})
+with maps_row.container(width=MAP_W + 4):
+    st.markdown(f"**Top-down pass** · steering {td_scale:.2f} · layer {layer + 1}")
+    _map(insp.top_down[layer], lo, hi, cmap, "ins-top-down")
     gap = np.abs(insp.top_down[layer] - insp.bottom_up[layer]).max()
     st.caption(f"max |top-down − bottom-up| at this layer: {gap:.3g}")
-with c_gate:
+with maps_row.container(width=MAP_W + 4):
     st.markdown("**Gate (token selection)** · clamp(cos(token, ξ), 0, 1)")
-    fig = render.heatmap_figure(display, insp.gate, 0.0, 1.0, "viridis", alpha)
-    fig.update_layout(height=300)
-    st.plotly_chart(fig, key="ins-gate", config={"displayModeBar": False})
+    _map(insp.gate, 0.0, 1.0, "viridis", "ins-gate")
     st.caption(f"mean gate {insp.gate.mean():.3f}")
 
 layers = [f"L{i + 1}" for i in range(len(insp.td_norm))]
 chart = go.Figure([go.Bar(x=layers, y=(100 * insp.value_ratio).tolist(), name=f"applied (× {td_scale:.2f}, {insp.xi_source})"),
                    go.Bar(x=layers, y=(100 * insp.value_ratio_trained).tolist(), name="as trained"),
                    go.Scatter(x=layers, y=(100 * insp.value_ratio_max).tolist(), name="largest token (applied)", mode="markers")])
-chart.update_layout(barmode="group", height=280, margin={"l": 4, "r": 4, "t": 30, "b": 4},
-                    title={"text": "Size of the top-down term against the values it is added to: "
-                                   "mean |W_v·td| / mean |v| per layer (%)"},
+chart.update_layout(barmode="group", height=280, margin={"l": 4, "r": 4, "t": 8, "b": 4},
                     yaxis={"title": "% of |v|"}, legend={"orientation": "h", "y": -0.2})
+st.markdown("**Size of the top-down term** against the values it is added to, per layer: "
+            "mean |W_v·td| / mean |v| (%)")
 st.plotly_chart(chart, key="ins-td-chart", config={"displayModeBar": False})
 stage1 = ((entry.info or {}).get("pretuned_from") or {}).get("stage1") or {}
 if stage1.get("diagnostics"):
@@ -140,11 +169,14 @@ diff = insp.top_down - insp.bottom_up
 dlo, dhi = render.color_scale(list(diff), mode="shared", signed=True)[0]
 with st.container(key="ins-strips"):
     st.caption("bottom-up (first pass)")
-    st.image([render.overlay(small, m, thumbs_lo, thumbs_hi, cmap, alpha) for m in insp.bottom_up],
+    st.image([render.overlay(small, m, thumbs_lo, thumbs_hi, cmap, alpha, upsample="nearest") for m in insp.bottom_up],
              caption=layers, width=88)
     st.caption("top-down (second pass)")
-    st.image([render.overlay(small, m, thumbs_lo, thumbs_hi, cmap, alpha) for m in insp.top_down],
+    st.image([render.overlay(small, m, thumbs_lo, thumbs_hi, cmap, alpha, upsample="nearest") for m in insp.top_down],
              caption=layers, width=88)
     st.caption(f"difference (top-down − bottom-up), signed scale ±{dhi:.2g}")
-    st.image([render.overlay(small, m, dlo, dhi, "RdBu_r", alpha) for m in diff], caption=layers, width=88)
-st.caption(f"{timer.seconds:.2f} s · {entry.name} · {image_label}")
+    st.image([render.overlay(small, m, dlo, dhi, "RdBu_r", alpha, upsample="nearest") for m in diff],
+             caption=layers, width=88)
+cached = timer.seconds < 0.005
+st.caption(f"TOAST passes: {timer.seconds * 1000:.0f} ms" + (" (reused from the cache)" if cached else "")
+           + f" · whole page: {time.perf_counter() - page_start:.2f} s · {entry.name} · {image_label}")

@@ -13,7 +13,7 @@ ranges in use, per layer); widgets ``keep-image``,
 import numpy as np
 import streamlit as st
 
-from app import state
+from app import state, task, widgets
 from toast_core import compare as cmp
 from toast_core.viz import render
 from toast_core.errors import ToastError
@@ -25,8 +25,8 @@ PER_LINE = 6  # thumbnails per line: layer columns line up across methods
 entries, failures, note = state.session_entries()
 state.sidebar_status(note)
 st.title("Layer by layer")
-st.caption("Each row is one method, each column one layer (1 = nearest the pixels). All maps come from "
-           "one forward pass per model.")
+st.caption("Each row is one method, each thumbnail one layer. All maps come from one forward pass per model. "
+           + widgets.NUMBERING)
 state.untrained_notice(entries)
 for key, msg in failures:
     st.error(f"Could not load {key}: {msg}")
@@ -39,7 +39,7 @@ with st.sidebar:
     chosen = state.methods_multiselect(names)
     selected = [e for e in entries if e.name in chosen]
     kind = state.kind_select("lay-kind", attention_only=True)
-    head = state.head_control("lay-heads", cmp.common_heads(selected or entries), allow_all=False) \
+    head = widgets.head_control("lay-heads", cmp.common_heads(selected or entries), allow_all=False) \
         if kind == "cls" else None
     pass_name = state.pass_select("lay-pass", selected)
     scale_mode = st.radio("Colour scale", SCALES, key="lay-scale",
@@ -68,7 +68,10 @@ shared = render.color_scale(all_maps, mode="shared")[0]
 depth = max(len(s) for s in strips.values())
 per_layer = [render.color_scale([s[i] for s in strips.values() if i < len(s)], mode="shared")[0]
              for i in range(depth)]
-head_txt = "" if kind != "cls" else (" · head mean" if head is None else f" · head {head}")
+head_txt = "" if kind != "cls" else (" · mean of heads" if head is None else f" · head {head + 1}")
+with st.container(key="layers-task"):
+    st.markdown(task.task_line(selected[0].class_names, all(e.trained for e in selected)) + "  \n"
+                + task.truth_line(image_label).replace(", outlined (dashed) on the maps", ""))
 st.subheader(MAP_KINDS[kind] + head_txt)
 st.caption(f"{image_label} · colour scale: {scale_mode} · {timer.seconds:.2f} s")
 with st.container(key="layers-scale"):
@@ -91,7 +94,8 @@ for e in selected:
     with grid.container(key=f"strip-{state.slug(e.name)}", border=True):
         rec = cmp.record(e, image, image_key=image_key)
         pass_used = cmp.resolve_pass(rec, pass_name)
-        label = describe_map(kind, None, head, pass_used if len(rec.passes) > 1 else None)
+        label = describe_map(kind, None, None, pass_used if len(rec.passes) > 1 else None)
+        label = label.replace("head mean", "mean of heads" if head is None else f"head {head + 1}")
         preds = cmp.top_predictions(rec.probs, e.class_names, 1)
         st.markdown(f"**{e.name}**" + ("" if e.trained else " · *untrained*") +
                     f" — {label} · predicts {state.predictions_text(preds)}")
