@@ -134,3 +134,17 @@ def test_duplicate_member_is_refused(tmp_path):
         warnings.simplefilter("ignore")  # zipfile warns about the duplicate name it writes
         data = _zip(_dataset_members() + [("train/cat/0.jpg", _jpeg("coffee"))])
     _refused(tmp_path, data, "appears twice")
+
+
+def test_extract_upload_is_content_addressed_and_looks_through_one_top_folder(tmp_path):
+    from toast_core.data.archive import extract_upload
+
+    data = _zip(_dataset_members("birds/"))
+    root = extract_upload(data, "My Birds.zip", home=tmp_path)
+    assert root.name == "birds" and (root / "train/cat/0.jpg").is_file()
+    assert root.parent.parent == tmp_path / "uploads" / "datasets" and root.parent.name.startswith("my-birds-")
+    (tmp_path / "upload.zip").write_bytes(data)
+    assert extract_upload(tmp_path / "upload.zip", "My Birds.zip", home=tmp_path) == root  # reused, not re-extracted
+    with pytest.raises(ArchiveError, match="absolute path"):
+        extract_upload(_zip([("/abs.jpg", _jpeg())]), "evil.zip", home=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "uploads" / "datasets").iterdir()) == [root.parent.name]

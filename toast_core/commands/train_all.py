@@ -45,19 +45,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def data_folder(path: str) -> Path:
     """A dataset folder: ``path`` itself, or a zip extracted (safely, once per content) under
-    ``$TOAST_HOME/uploads/``."""
-    from ..cache import sha256_file, toast_home
-    from ..data.archive import dataset_root, extract_zip
-    from ..training.dataset_run import slug
+    ``$TOAST_HOME/uploads/datasets/``."""
+    from ..data.archive import extract_upload
 
     p = Path(path).expanduser()
-    if not (p.is_file() and p.suffix.lower() == ".zip"):
-        return p
-    target = toast_home() / "uploads" / f"{slug(p.stem)}-{sha256_file(p)[:12]}"
-    if not target.is_dir():
-        extract_zip(p, target)
-        print(f"extracted {p} to {target}")
-    return dataset_root(target)
+    if p.is_file() and p.suffix.lower() == ".zip":
+        folder = extract_upload(p, p.name)
+        print(f"{p} extracted to {folder}")
+        return folder
+    return p
 
 
 def spec_from_args(args, folder: Path):

@@ -23,6 +23,7 @@ Example::
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -31,7 +32,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import BinaryIO, Optional
 
 from PIL import Image
 
@@ -98,6 +99,37 @@ def dataset_root(directory: str | os.PathLike) -> Path:
     if len(subs) == 1 and (subs[0] / "train").is_dir():
         return subs[0]
     return d
+
+
+def extract_upload(source: str | os.PathLike | bytes, name: str, limits: ArchiveLimits = ArchiveLimits(),
+                   home: Optional[Path] = None) -> Path:
+    """Extract an uploaded archive once per content into ``toast_home()/uploads/datasets/<name>-<sha>/``
+    and return its :func:`dataset_root` (a second upload of the same bytes reuses the first extraction).
+
+    Args: source: the archive's bytes or path. name: a name for people (the file name; slugged).
+    """
+    import hashlib
+
+    from ..cache import toast_home
+    from .scan import slug
+
+    data = bytes(source) if isinstance(source, (bytes, bytearray)) else None
+    h = hashlib.sha256()
+    if data is not None:
+        h.update(data)
+    else:
+        with open(source, "rb") as f:
+            for chunk in iter(lambda: f.read(_CHUNK), b""):
+                h.update(chunk)
+    stem = Path(name).stem if name.lower().endswith(".zip") else name
+    try:
+        label = slug(stem)
+    except InputError:
+        label = "dataset"
+    target = (home or toast_home()) / "uploads" / "datasets" / f"{label}-{h.hexdigest()[:12]}"
+    if not target.is_dir():
+        extract_zip(io.BytesIO(data) if data is not None else source, target, limits)
+    return dataset_root(target)
 
 
 # ------------------------------------------------------------------------------------------------

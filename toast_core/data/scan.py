@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -30,6 +31,14 @@ MIN_TRAIN_PER_CLASS = 2
 #: fewer training images per class than this trains, with a warning that accuracy will be noisy
 FEW_PER_CLASS = 10
 SAMPLES_PER_CLASS = 4
+
+
+def slug(name: str) -> str:
+    """A dataset name as a directory name: lower case letters, digits, ``-`` and ``_`` (at most 40)."""
+    text = re.sub(r"[^a-z0-9_-]+", "-", name.strip().lower()).strip("-_")[:40].strip("-_")
+    if not text:
+        raise InputError(f"dataset name {name!r} has no letters or digits")
+    return text
 
 
 @dataclass(frozen=True)

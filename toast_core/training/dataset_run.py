@@ -24,7 +24,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -35,20 +34,13 @@ import torch
 
 from ..backbones import DEFAULT_BACKBONE
 from ..cache import atomic_write_bytes, toast_home
+from ..data.scan import slug
 from ..errors import InputError, TrainingStopped
 
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.json"
 #: input side on a CPU / a GPU when the spec leaves it open (multiples of the default backbone's patch 14)
 CPU_IMAGE_SIZE, GPU_IMAGE_SIZE = 112, 224
-
-
-def slug(name: str) -> str:
-    """A dataset name as a directory name: lower case letters, digits, ``-`` and ``_`` (at most 40)."""
-    text = re.sub(r"[^a-z0-9_-]+", "-", name.strip().lower()).strip("-_")[:40].strip("-_")
-    if not text:
-        raise InputError(f"dataset name {name!r} has no letters or digits")
-    return text
 
 
 @dataclass(frozen=True)
