@@ -17,6 +17,7 @@ from toast_core.io.peft import UnsupportedAdapterError, convert_peft_adapter, im
 from .conftest import TINY
 
 KW = TINY["backbone_kwargs"]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CLASSES = 5
 
 

@@ -45,7 +45,8 @@ def run_analysis(models: Mapping[str, torch.nn.Module], dataset, layers: str | S
                  faithfulness: bool = False, faithfulness_steps: int = 16, faithfulness_baseline: str = "blur",
                  faithfulness_max_images: Optional[int] = None,
                  forward_kwargs: Optional[Mapping[str, dict]] = None, tolerance_px: Optional[float] = None,
-                 iou_threshold: float = 0.5, as_frame: Optional[bool] = None):
+                 iou_threshold: float = 0.5, as_frame: Optional[bool] = None,
+                 batch_starts: Optional[Sequence[int]] = None):
     """Run every model over the dataset and measure where its attention lands.
 
     Args:
@@ -66,6 +67,9 @@ def run_analysis(models: Mapping[str, torch.nn.Module], dataset, layers: str | S
         tolerance_px: pointing-game tolerance in pixels of the dataset's images (default 15 px at 224).
         iou_threshold: threshold of the min-max normalised map for ``iou``.
         as_frame: return a pandas DataFrame (default: when pandas is installed) or a list of dicts.
+        batch_starts: analyse only the batches starting at these image indices (multiples of
+            ``batch_size``; default all). Image ids and ``faithfulness_max_images`` keep their positions
+            in the whole dataset (how :mod:`~toast_core.analysis.distributed` shards a run).
     Returns:
         tidy rows, one per image × method × pass × layer × kind, with the columns :data:`COLUMNS`.
     """
@@ -83,15 +87,16 @@ def run_analysis(models: Mapping[str, torch.nn.Module], dataset, layers: str | S
     if unknown:
         raise InputError(f"forward_kwargs for unknown model name(s) {unknown}")
     chosen = {name: parse_layers(layers, _model_layers(m)) for name, m in models.items()}
+    starts = _checked_starts(batch_starts, n_img, batch_size)
     state = {}  # name -> (device, training) to restore
     rows: list[dict] = []
-    total = n_img * len(models)
+    total, done = sum(min(batch_size, n_img - s) for s in starts) * len(models), 0
     try:
         for name, model in models.items():
             params = list(model.parameters())
             state[name] = (params[0].device if params else torch.device("cpu"), model.training)
             model.eval().to(dev)
-        for start in range(0, n_img, batch_size):  # each batch is read once and shown to every model
+        for start in starts:  # each batch is read once and shown to every model
             items = [_item(dataset, i) for i in range(start, min(n_img, start + batch_size))]
             images = torch.stack([torch.as_tensor(it["image"], dtype=torch.float32) for it in items]).to(dev)
             labels = [int(it["label"]) for it in items]
@@ -116,11 +121,22 @@ def run_analysis(models: Mapping[str, torch.nn.Module], dataset, layers: str | S
                                     probs, preds, fkw, iou_threshold, batch_size,
                                     (faithfulness_steps, faithfulness_baseline, n_faith) if n_faith else None)
                 if progress is not None:
-                    progress(start * len(models) + (mi + 1) * len(items), total)
+                    progress(done + (mi + 1) * len(items), total)
+            done += len(items) * len(models)
     finally:
         for name, (home, training) in state.items():
             models[name].to(home).train(training)
     return _as_output(rows, as_frame)
+
+
+def _checked_starts(batch_starts, n_img: int, batch_size: int) -> list[int]:
+    all_starts = range(0, n_img, batch_size)
+    if batch_starts is None:
+        return list(all_starts)
+    bad = [s for s in batch_starts if s not in all_starts]
+    if bad:
+        raise InputError(f"batch_starts {bad} are not starts of batches of {batch_size} in {n_img} images")
+    return list(batch_starts)
 
 
 def _batch_rows(name, model, res, images, G, chosen, kinds, ids, labels, probs, preds, fkw, iou_threshold,

@@ -156,20 +156,10 @@ def _td_variants(models: dict, spec: str) -> tuple[dict, dict]:
     return out, fkw
 
 
-def run(args) -> int:
+def _inputs(args, out: Path, max_images):
+    """(checkpoint paths, models, dataset folder, dataset) the arguments name."""
     from .. import analysis
-    from ..cache import toast_home
 
-    start = time.perf_counter()
-    out = Path(args.out)
-    if args.checkpoints and args.demo:
-        raise InputError("give --checkpoints or --demo, not both")
-    if not (args.checkpoints or args.demo or args.quick):
-        raise InputError("choose models: --checkpoints PATH ..., --demo, or --quick (tiny untrained models)")
-    if args.batch_size < 1:
-        raise InputError("--batch-size must be >= 1")
-    kinds = analysis.parse_kinds(args.kinds)
-    max_images = args.max_images if args.max_images is not None else (12 if args.quick else None)
     ckpts = [Path(p) for p in args.checkpoints] if args.checkpoints else (demo_checkpoints() if args.demo else [])
     models = _models_from_checkpoints(ckpts) if ckpts else {}
     if args.fresh_seed is not None:
@@ -194,38 +184,70 @@ def run(args) -> int:
             raise InputError(f"models expect different input sizes ({name}: {analysis.model_input_size(m)}, "
                              f"first: {size}); analyse them in separate runs")
     dataset = analysis.load_dataset(data_dir, args.split, model=first, max_images=max_images)
+    return ckpts, models, data_dir, dataset
+
+
+def run(args) -> int:
+    from ..analysis import distributed
+
+    with distributed.session(args.device) as ctx:  # one process, or this rank of a torchrun job
+        return _run(args, ctx)
+
+
+def _run(args, ctx) -> int:
+    from .. import analysis
+    from ..analysis import distributed
+    from ..cache import toast_home
+
+    start = time.perf_counter()
+    out = Path(args.out)
+    if args.checkpoints and args.demo:
+        raise InputError("give --checkpoints or --demo, not both")
+    if not (args.checkpoints or args.demo or args.quick):
+        raise InputError("choose models: --checkpoints PATH ..., --demo, or --quick (tiny untrained models)")
+    if args.batch_size < 1:
+        raise InputError("--batch-size must be >= 1")
+    kinds = analysis.parse_kinds(args.kinds)
+    max_images = args.max_images if args.max_images is not None else (12 if args.quick else None)
+    with distributed.main_first(ctx):  # rank 0 first: it may write the generated task or the default backbone
+        ckpts, models, data_dir, dataset = _inputs(args, out, max_images)
+    size = analysis.model_input_size(next(iter(models.values())))
     fkw = {}
     if args.td_scales:
         models, fkw = _td_variants(models, args.td_scales)
     device = analysis.resolve_device(args.device)
-    print(f"analysing {len(models)} model(s) on {len(dataset)} images of {data_dir} ({args.split}), "
-          f"{size}px, device {device}", file=sys.stderr)
+    if ctx.is_main:
+        print(f"analysing {len(models)} model(s) on {len(dataset)} images of {data_dir} ({args.split}), "
+              f"{size}px, device {device}" + (f", {ctx.world} processes" if ctx.world > 1 else ""), file=sys.stderr)
     bar = None
-    if not args.no_progress:
+    if not args.no_progress and ctx.is_main:
         from tqdm import tqdm
 
         bar = tqdm(total=len(dataset) * len(models), unit="img", desc="analyze", file=sys.stderr)
 
     def progress(done: int, total: int) -> None:
         if bar is not None:
+            bar.total = total  # this rank's share under torchrun
             bar.update(done - bar.n)
 
     try:
-        rows = analysis.run_analysis(
-            models, dataset, layers=args.layers, kinds=kinds, batch_size=args.batch_size, device=device,
+        rows = distributed.run_sharded(
+            ctx, models, dataset, layers=args.layers, kinds=kinds, batch_size=args.batch_size, device=device,
             progress=progress, faithfulness=args.faithfulness,
             faithfulness_steps=4 if args.quick and args.faithfulness_steps == 16 else args.faithfulness_steps,
             faithfulness_max_images=args.faithfulness_max_images, forward_kwargs=fkw,
-            tolerance_px=args.tolerance_px, as_frame=False)
+            tolerance_px=args.tolerance_px)
     finally:
         if bar is not None:
             bar.close()
+    if rows is None:  # another rank of a torchrun job: rank 0 writes everything
+        return 0
     meta = dict(command="analyze", data=str(data_dir), split=args.split, n_images=len(dataset), image_size=size,
                 layers=args.layers, kinds=kinds, device=str(device), batch_size=args.batch_size,
                 checkpoints=[str(p) for p in ckpts], models={n: getattr(m, "build_info", {}) for n, m in models.items()},
                 forward_kwargs=fkw, faithfulness=args.faithfulness, faithfulness_steps=args.faithfulness_steps,
                 faithfulness_max_images=args.faithfulness_max_images, quick=args.quick, toast_home=str(toast_home()),
-                seconds=round(time.perf_counter() - start, 1), versions=_versions())
+                processes=ctx.world, seconds=round(time.perf_counter() - start, 1), versions=_versions())
     written = analysis.write_report(rows, out, title=f"Attention analysis: {data_dir.name} ({args.split})",
                                     meta=meta, n_boot=args.bootstrap)
     print((out / "summary.md").read_text())
