@@ -331,8 +331,30 @@ def _trapz(y: np.ndarray, x: np.ndarray) -> float:
     return float(np.sum((y[1:] + y[:-1]) * np.diff(x)) / 2)
 
 
+def _baseline_image(img, baseline: Any):
+    """What removed / hidden pixels show: ``"blur"``, ``"mean"``, ``"zero"`` or a (3, H, W) tensor."""
+    import torch
+    H, W = img.shape[1:]
+    if not isinstance(baseline, str):
+        base = torch.as_tensor(baseline, dtype=img.dtype, device=img.device)
+        if base.shape != img.shape:
+            raise InputError(f"baseline shape {tuple(base.shape)} differs from image {tuple(img.shape)}")
+        return base
+    if baseline == "blur":
+        from torchvision.transforms.functional import gaussian_blur
+        sigma = max(H, W) / 45.0
+        k = min(2 * math.ceil(3 * sigma) + 1, 2 * min(H, W) - 1)
+        return gaussian_blur(img[None], [k, k], [sigma, sigma])[0]
+    if baseline == "mean":
+        return img.mean(dim=(1, 2), keepdim=True).expand_as(img)
+    if baseline == "zero":
+        return torch.zeros_like(img)
+    raise InputError(f"baseline must be 'blur', 'mean', 'zero' or a tensor, got {baseline!r}")
+
+
 def deletion_insertion_curves(predict: Callable[[Any], Any], image: Any, m: Any, target_class: int,
-                              steps: int = 16, baseline: Any = "blur", batch_size: int = 32) -> dict[str, Any]:
+                              steps: int = 16, baseline: Any = "blur", batch_size: int = 32,
+                              insertion_baseline: Any = None) -> dict[str, Any]:
     """Deletion and insertion curves (Petsiuk et al. 2018) on the patch grid.
 
     Patches are ranked by map value (descending; ties in raster order). At step k the first
@@ -343,6 +365,8 @@ def deletion_insertion_curves(predict: Callable[[Any], Any], image: Any, m: Any,
     called under torch.no_grad(). image: (3, H, W) tensor or array. m: (h, w) map. target_class: int.
     steps: >= 1. baseline: ``"blur"`` (Gaussian, sigma = max(H, W) / 45), ``"mean"`` (per-channel
     mean), ``"zero"`` or a (3, H, W) tensor. batch_size: images per predict call.
+    insertion_baseline: the insertion curve's own baseline (same choices; None = ``baseline``), e.g.
+    Petsiuk et al.'s pairing: a constant for deletion, a blurred copy for insertion.
     Returns: dict ``deletion``, ``insertion`` (steps+1 target probabilities), ``fractions`` (share of
     patches replaced/revealed, 0 to 1), ``deletion_auc``, ``insertion_auc`` (trapezoid over fractions).
     """
@@ -357,22 +381,8 @@ def deletion_insertion_curves(predict: Callable[[Any], Any], image: Any, m: Any,
         raise InputError(f"image size {(H, W)} is smaller than the map grid {(h, w)}")
     if int(steps) < 1 or int(batch_size) < 1:
         raise InputError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
-    if isinstance(baseline, str):
-        if baseline == "blur":
-            from torchvision.transforms.functional import gaussian_blur
-            sigma = max(H, W) / 45.0
-            k = min(2 * math.ceil(3 * sigma) + 1, 2 * min(H, W) - 1)
-            base = gaussian_blur(img[None], [k, k], [sigma, sigma])[0]
-        elif baseline == "mean":
-            base = img.mean(dim=(1, 2), keepdim=True).expand_as(img)
-        elif baseline == "zero":
-            base = torch.zeros_like(img)
-        else:
-            raise InputError(f"baseline must be 'blur', 'mean', 'zero' or a tensor, got {baseline!r}")
-    else:
-        base = torch.as_tensor(baseline, dtype=img.dtype, device=img.device)
-        if base.shape != img.shape:
-            raise InputError(f"baseline shape {tuple(base.shape)} differs from image {tuple(img.shape)}")
+    base = _baseline_image(img, baseline)
+    base_ins = base if insertion_baseline is None else _baseline_image(img, insertion_baseline)
     n = h * w
     rank = np.empty(n, dtype=np.int64)
     rank[np.argsort(-a.ravel(), kind="stable")] = np.arange(n)
@@ -388,7 +398,7 @@ def deletion_insertion_curves(predict: Callable[[Any], Any], image: Any, m: Any,
             hit = (pix_rank[None] < c[:, None, None])[:, None]  # (B, 1, H, W)
             dele = torch.as_tensor([j[0] for j in chunk], device=img.device)[:, None, None, None]
             show_base = torch.where(dele, hit, ~hit)
-            batch = torch.where(show_base, base[None], img[None])  # (B, 3, H, W)
+            batch = torch.where(show_base, torch.where(dele, base[None], base_ins[None]), img[None])  # (B, 3, H, W)
             out = _np(predict(batch)).astype(np.float64)
             if out.ndim != 2 or out.shape[0] != len(chunk) or not 0 <= target_class < out.shape[1]:
                 raise InputError(f"predict must return (B, C) probabilities with C > {target_class}, "
