@@ -78,7 +78,10 @@ def test_default_baselines_mean_for_deletion_blur_for_insertion():
     assert best["deletion_auc"] < worst["deletion_auc"] - 0.05
     p_mean = score(image.mean((1, 2), keepdim=True).expand_as(image)[None])[0, 0].item()
     assert best["deletion"][-1] == pytest.approx(p_mean, abs=1e-6)
-    assert best["insertion"][0] != pytest.approx(p_mean, abs=1e-4)  # insertion starts from the blur instead
+    from torchvision.transforms.functional import gaussian_blur
+    blurred = gaussian_blur(image[None], [7, 7], [IMG / 45] * 2)  # sigma = max(H, W) / 45, 3-sigma kernel
+    assert best["insertion"][0] == pytest.approx(score(blurred)[0, 0].item(), abs=1e-6)  # insertion: from the blur
+    assert best["insertion"][0] != pytest.approx(p_mean, abs=1e-4)
 
 
 def test_ordering_map_and_kinds():

@@ -96,15 +96,9 @@ def image_curves(score: Callable[[torch.Tensor], Any], image: torch.Tensor, m: A
     Returns: dict ``deletion``, ``insertion`` (steps+1 probabilities), ``fractions``, ``deletion_auc``,
         ``insertion_auc``.
     """
-    a = ordering_map(m)
-    kw = dict(steps=steps, batch_size=2 * (int(steps) + 1))
-    d = deletion_insertion_curves(score, image, a, int(target), baseline=deletion_baseline, **kw)
-    if insertion_baseline is deletion_baseline or (isinstance(insertion_baseline, str)
-                                                   and insertion_baseline == deletion_baseline):
-        return d
-    i = deletion_insertion_curves(score, image, a, int(target), baseline=insertion_baseline, **kw)
-    return dict(deletion=d["deletion"], insertion=i["insertion"], fractions=d["fractions"],
-                deletion_auc=d["deletion_auc"], insertion_auc=i["insertion_auc"])
+    return deletion_insertion_curves(score, image, ordering_map(m), int(target), steps=steps,
+                                     baseline=deletion_baseline, insertion_baseline=insertion_baseline,
+                                     batch_size=2 * (int(steps) + 1))
 
 
 def kind_maps(model: torch.nn.Module, images: torch.Tensor, kind: str, indices: Sequence[int],

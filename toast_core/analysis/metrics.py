@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..data.boxes import box_to_mask  # noqa: F401 (part of the metrics API)
 from ..errors import InputError
 
 __all__ = ["mask_coverage", "upsample_map", "energy_in_mask", "pointing_game", "iou_at_threshold",
@@ -279,28 +280,6 @@ def prefix_share(patch_mass: Any, prefix_mass: Any, prompt_mass: Any = 0.0) -> f
         parts.append(float(v.sum()))
     total = sum(parts)
     return (parts[1] + parts[2]) / total if total > 0 else math.nan
-
-
-def box_to_mask(box: Sequence[float], H: int, W: int, fmt: str = "xyxy") -> np.ndarray:
-    """Bool (H, W) mask of a box: pixels whose centre lies in [x0, x1) x [y0, y1).
-
-    fmt ``"xyxy"`` = (x0, y0, x1, y1); ``"xywh"`` = (x, y, width, height) as in CUB bounding_boxes.txt.
-    """
-    b = [float(v) for v in box]
-    if len(b) != 4 or not all(math.isfinite(v) for v in b):
-        raise InputError(f"box must be 4 finite numbers, got {box}")
-    if fmt == "xywh":
-        b = [b[0], b[1], b[0] + b[2], b[1] + b[3]]
-    elif fmt != "xyxy":
-        raise InputError(f"box fmt must be 'xyxy' or 'xywh', got {fmt!r}")
-    x0, y0, x1, y1 = b
-    if x1 <= x0 or y1 <= y0:
-        raise InputError(f"box has no area: {box} ({fmt})")
-    cy, cx = np.arange(H) + 0.5, np.arange(W) + 0.5
-    mask = ((cy >= y0) & (cy < y1))[:, None] & ((cx >= x0) & (cx < x1))[None, :]
-    if not mask.any():
-        raise InputError(f"box {box} ({fmt}) covers no pixel centre of a {H}x{W} image")
-    return mask
 
 
 def part_hit(m: Any, points: Any, image_size: tuple[int, int], tolerance_px: float = 15) -> dict[str, Any]:
