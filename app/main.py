@@ -26,6 +26,7 @@ page = st.navigation([
     st.Page("views/layers.py", title="Layers", icon=":material/layers:"),
     st.Page("views/inspector.py", title="TOAST inspector", icon=":material/center_focus_strong:"),
     st.Page("views/analysis.py", title="Analysis", icon=":material/analytics:"),
+    st.Page("views/data.py", title="Your data", icon=":material/dataset:"),
     st.Page("views/models.py", title="Models", icon=":material/inventory_2:"),
     st.Page("views/export.py", title="Export", icon=":material/picture_as_pdf:"),
 ])
