@@ -13,6 +13,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Sequence
 
+import streamlit as st
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "assets" / "demo_samples" / "samples.json"
 
@@ -106,6 +108,80 @@ def outline_target(fig, truth: Optional[Truth], display_shape: tuple[int, int]) 
     fig.add_shape(type="rect", x0=x0, y0=y0, x1=x1, y1=y1, line={"color": "white", "width": 1.5, "dash": "dash"})
 
 
-def far_notice(label: str, image, image_key: str) -> None:
-    """For an upload: say when it is far from the task's images (see :mod:`toast_core.analysis.task_distance`)."""
+def _task_data(entries) -> Optional[dict]:
+    """The ``data`` record (task directory, input size) of the first demo-task checkpoint, if any."""
+    for e in entries:
+        data = (getattr(e.model, "checkpoint_info", None) or {}).get("data") or {}
+        if is_demo_task(e.class_names) and data.get("dataset") and Path(data["dataset"]).is_dir():
+            return data
     return None
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _frozen_backbone(image_size: int):
+    """The default backbone as it was before any transfer method touched it (shared; never modified)."""
+    from toast_core.backbones import create_backbone
+
+    vit = create_backbone(pretrained=True, img_size=image_size).eval()
+    for prm in vit.parameters():
+        prm.requires_grad_(False)
+    return vit
+
+
+@st.cache_resource(show_spinner="Measuring the task's images once (about a minute on a CPU)…", max_entries=2)
+def task_reference(task_dir: str, image_size: int, mean: tuple, std: tuple):
+    """The task's reference for :func:`toast_core.analysis.task_distance.distances`, cached on disk by
+    the task manifest's and backbone's hashes."""
+    import hashlib
+
+    from toast_core.analysis import task_distance as td
+    from toast_core.cache import toast_home
+    from toast_core.default_backbone import default_backbone_sha256
+    from toast_core.demo import load_task_split
+
+    manifest = hashlib.sha256((Path(task_dir) / "manifest.json").read_bytes()).hexdigest()
+    tag = hashlib.sha256(f"{manifest}:{default_backbone_sha256()}:{image_size}:{mean}:{std}:v1".encode()).hexdigest()[:16]
+    path = toast_home() / "task_reference" / f"{tag}.npz"
+    if path.is_file():
+        return td.load_reference(path)
+    vit = _frozen_backbone(image_size)
+    train, _ = load_task_split(task_dir, "train", image_size, N_REFERENCE)
+    val, _ = load_task_split(task_dir, "val", image_size, N_HELD_OUT)
+    ref = td.fit_reference(td.features(vit, train, mean, std), td.features(vit, val, mean, std))
+    ref.meta.update({"task": str(task_dir), "manifest_sha256": manifest, "image_size": image_size})
+    td.save_reference(ref, path)
+    return ref
+
+
+N_REFERENCE, N_HELD_OUT = 1000, 200
+
+
+def far_notice(entries, label: str, image, image_key: str) -> None:
+    """For an upload shown with demo-task models: say whether it is far from the task's images
+    (Mahalanobis distance of the frozen backbone's mean patch token, threshold at the 99th percentile
+    of held-out task images; see :mod:`toast_core.analysis.task_distance`)."""
+    if not label.startswith("upload/"):
+        return
+    data = _task_data(entries)
+    if data is None:
+        return
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from toast_core.analysis import task_distance as td
+
+    size = int(data.get("image_size") or 112)
+    mean, std = tuple(data.get("mean") or (0.485, 0.456, 0.406)), tuple(data.get("std") or (0.229, 0.224, 0.225))
+    ref = task_reference(str(data["dataset"]), size, mean, std)
+    small = image.convert("RGB").resize((size, size), Image.BICUBIC)  # whole image, as the models see it
+    x = torch.from_numpy(np.array(small)).permute(2, 0, 1)[None]
+    d = float(td.distances(ref, td.features(_frozen_backbone(size), x, mean, std))[0])
+    with st.container(key="task-distance"):
+        if d > ref.threshold:
+            st.warning(f"**Far from the task's images:** distance {d:.1f}, above {ref.threshold:.1f} (99 % of "
+                       "held-out task images are closer). The models only know coloured shapes on photo crops: "
+                       "their predictions and maps on this image mean little.", icon=":material/warning:")
+        else:
+            st.caption(f"Close to the task's images: distance {d:.1f} ≤ {ref.threshold:.1f} (the 99th "
+                       "percentile of held-out task images).")

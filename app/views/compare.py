@@ -68,7 +68,7 @@ truth = task.gallery_truth(image_label)
 with st.container(key="compare-task"):
     st.markdown(task.task_line(entries[0].class_names, all(e.trained for e in entries)) + "  \n"
                 + task.truth_line(image_label))
-    task.far_notice(image_label, image, image_key)
+    task.far_notice(entries, image_label, image, image_key)
 
 names = [e.name for e in entries]
 with st.sidebar:

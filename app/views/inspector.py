@@ -103,7 +103,7 @@ with st.container(key="ins-predictions", border=True):
 
 with st.container(key="ins-task"):
     st.markdown(task.task_line(entry.class_names, entry.trained) + "  \n" + task.truth_line(image_label))
-    task.far_notice(image_label, image, image_key)
+    task.far_notice(entries, image_label, image, image_key)
 truth = task.gallery_truth(image_label)
 map_h = int(round(min(1.6 * MAP_W, MAP_W * display.shape[0] / display.shape[1])))
 
