@@ -155,7 +155,14 @@ def build_figure(spec: FigureSpec):
     width = n_cols * spec.panel_inches * (1.3 if per_panel_bars else 1.0) + 0.5 + (0.6 if spec.colorbar else 0)
     aspect = max((img.shape[0] / img.shape[1]) if img is not None else (m.shape[0] / m.shape[1])
                  for row in spec.panels for img, m in row)  # height / width of the tallest panel
-    height = n_rows * spec.panel_inches * aspect + 0.4 + fs / 72 * (4 if spec.title else 2.5)
+    title = _wrap(spec.title, width, fs * 1.25)
+    scale_note = {"shared": "shared colour scale", "per-panel": "per-panel colour scales",
+                  "signed": "signed shared colour scale"}[spec.scale]
+    if spec.percentile is not None:
+        scale_note += f", clipped at {spec.percentile:g}th percentile"
+    caption = _wrap(f"{spec.map_kind} ({scale_note})", width, fs)
+    text_lines = (1.25 * (title.count("\n") + 1) + 1 if title else 0) + caption.count("\n") + 2.5
+    height = n_rows * spec.panel_inches * aspect + 0.4 + fs / 72 * 1.2 * text_lines
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     fig.get_layout_engine().set(w_pad=0.03, h_pad=0.03, wspace=0.03, hspace=0.03)
@@ -190,18 +197,26 @@ def build_figure(spec: FigureSpec):
                            shrink=0.9 if n_rows > 1 else 0.8, aspect=max(10, 12 * n_rows), pad=0.01)
         bar.ax.tick_params(labelsize=fs * 0.85, length=2, width=0.4)
         bar.outline.set_linewidth(0.4)
-    scale_note = {"shared": "shared colour scale", "per-panel": "per-panel colour scales",
-                  "signed": "signed shared colour scale"}[spec.scale]
-    if spec.percentile is not None:
-        scale_note += f", clipped at {spec.percentile:g}th percentile"
-    if spec.title:
-        fig.suptitle(spec.title, fontsize=fs * 1.25)
-    fig.supxlabel(f"{spec.map_kind} ({scale_note})", fontsize=fs)
+    if title:
+        fig.suptitle(title, fontsize=fs * 1.25)
+    fig.supxlabel(caption, fontsize=fs)
     # Lay out once and freeze: otherwise each save re-runs the layout with that format's renderer, so
     # the PDF, SVG and PNG (and a second save) would differ by a pixel here and there.
     fig.draw_without_rendering()
     fig.set_layout_engine("none")
     return fig
+
+
+def _wrap(text: str, width_inches: float, font_size: float) -> str:
+    """Break ``text`` into lines that fit a figure ``width_inches`` wide at ``font_size`` points (a
+    title or caption wider than a one-column figure would otherwise be cut at its edges). Uses a
+    generous average glyph width (0.62 em) so the lines fit in any of matplotlib's sans fonts."""
+    import textwrap
+
+    if not text:
+        return ""
+    chars = max(8, int((width_inches - 0.2) * 72 / (0.62 * font_size)))
+    return "\n".join(textwrap.fill(part, chars, break_long_words=True) for part in text.split("\n"))
 
 
 def figure_bytes(fig, fmt: str = "pdf", dpi: int = 300) -> bytes:
