@@ -7,9 +7,11 @@ Stable keys: ``export-preview`` (preview image), ``export-manifest``; downloads 
 ``exp-layer``, ``exp-kind``, ``exp-heads``, ``exp-pass``, ``exp-title``, ``exp-colorbar``, ``exp-cmap``,
 ``exp-scale``, ``exp-percentile``, ``exp-alpha``, ``exp-font``, ``exp-dpi``, ``exp-panel``.
 """
+import dataclasses
+
 import streamlit as st
 
-from app import state
+from app import state, widgets
 from toast_core import compare as cmp
 from toast_core.viz import export
 from toast_core.errors import ToastError
@@ -53,21 +55,21 @@ with left:
         layers = [state.layer_slider("exp-layer", depth)] if kind != "integrated_gradients" else [None]
     head = None
     if kind == "cls":
-        head = state.head_control("exp-heads", cmp.common_heads(selected), allow_all=False)
+        head = widgets.head_control("exp-heads", cmp.common_heads(selected), allow_all=False)
     pass_name = state.pass_select("exp-pass", selected)
     ig_steps = st.slider("IG steps", 4, 64, 16, step=4, key="exp-ig-steps") if kind == "integrated_gradients" else 16
     title = st.text_input("Title", "", key="exp-title")
-    c1, c2 = st.columns(2)
-    scale = c1.selectbox("Scale", list(export.SCALES), key="exp-scale",
+    # one widget per line: at 1024 px two side by side cut their labels ("Colour …", "share")
+    scale = st.selectbox("Scale", list(export.SCALES), key="exp-scale",
                          help="shared: one range and colour bar; per-panel: one each; signed: symmetric around 0.")
-    cmap_choice = c2.selectbox("Colormap", ["auto"] + state.COLORMAPS + ["RdBu_r"], key="exp-cmap",
+    cmap_choice = st.selectbox("Colormap", ["auto"] + state.COLORMAPS + widgets.SIGNED_COLORMAPS, key="exp-cmap",
                                help="auto: inferno, or RdBu_r for the signed scale")
-    colorbar = c1.checkbox("Colour bar", True, key="exp-colorbar")
-    percentile = c2.number_input("Clip at percentile (0 = off)", 0.0, 100.0, 0.0, step=0.5, key="exp-percentile")
-    alpha = c1.slider("Map opacity", 0.0, 1.0, 0.55, step=0.05, key="exp-alpha")
-    font = c2.slider("Font size (pt)", 4.0, 16.0, 8.0, step=0.5, key="exp-font")
-    dpi = c1.select_slider("PNG dpi", [72, 100, 150, 200, 300, 600], value=300, key="exp-dpi")
-    panel = c2.slider("Panel size (in)", 0.8, 3.0, 1.6, step=0.1, key="exp-panel")
+    colorbar = st.checkbox("Colour bar", True, key="exp-colorbar")
+    percentile = st.number_input("Clip at percentile (0 = off)", 0.0, 100.0, 0.0, step=0.5, key="exp-percentile")
+    alpha = st.slider("Map opacity", 0.0, 1.0, 0.55, step=0.05, key="exp-alpha")
+    font = st.slider("Font size (pt)", 4.0, 16.0, 8.0, step=0.5, key="exp-font")
+    dpi = st.select_slider("PNG dpi", [72, 100, 150, 200, 300, 600], value=300, key="exp-dpi")
+    panel = st.slider("Panel size (in)", 0.8, 3.0, 1.6, step=0.1, key="exp-panel")
 
 if not images or not layers:
     right.info("Pick at least one layer and one image.")
@@ -78,6 +80,11 @@ try:
         ig_steps=int(ig_steps), title=title, cmap=None if cmap_choice == "auto" else cmap_choice, scale=scale,
         percentile=percentile or None, alpha=alpha, font_size=font, dpi=int(dpi), colorbar=colorbar,
         panel_inches=panel)
+    # patch blocks, as on Compare (the library's figure default smooths them)
+    spec = dataclasses.replace(spec, upsample="nearest")
+    provenance.setdefault("display", {})["upsample"] = "nearest"
+    if isinstance(head, int):
+        spec = dataclasses.replace(spec, map_kind=spec.map_kind.replace(f"head {head}", f"head {head + 1}"))
     with state.Timer() as timer:
         preview = state.figure_preview(state.spec_digest(spec), spec)
 except ToastError as e:
@@ -89,15 +96,16 @@ with right:
         st.image(preview, caption=f"preview ({spec.shape[0]}×{spec.shape[1]} panels, 90 dpi; drawn in "
                  f"{timer.seconds:.2f} s)")
     stem = "toast_figure"
-    d1, d2, d3, d4 = st.columns(4)
-    d1.download_button("PDF", lambda: export.figure_bytes(export.build_figure(spec), "pdf"),
-                       file_name=f"{stem}.pdf", mime="application/pdf", key="dl-pdf", on_click="ignore")
-    d2.download_button("SVG", lambda: export.figure_bytes(export.build_figure(spec), "svg"),
-                       file_name=f"{stem}.svg", mime="image/svg+xml", key="dl-svg", on_click="ignore")
-    d3.download_button(f"PNG ({dpi} dpi)", lambda: export.figure_bytes(export.build_figure(spec), "png", int(dpi)),
-                       file_name=f"{stem}.png", mime="image/png", key="dl-png", on_click="ignore")
-    d4.download_button("Bundle (.zip)", lambda: export.export_bundle(spec, maps_meta, provenance),
-                       file_name=f"{stem}_bundle.zip", mime="application/zip", key="dl-zip", on_click="ignore")
+    buttons = st.container(horizontal=True, gap="small", key="export-downloads")  # wraps: labels never cut
+    buttons.download_button("PDF", lambda: export.figure_bytes(export.build_figure(spec), "pdf"),
+                            file_name=f"{stem}.pdf", mime="application/pdf", key="dl-pdf", on_click="ignore")
+    buttons.download_button("SVG", lambda: export.figure_bytes(export.build_figure(spec), "svg"),
+                            file_name=f"{stem}.svg", mime="image/svg+xml", key="dl-svg", on_click="ignore")
+    buttons.download_button(f"PNG ({dpi} dpi)",
+                            lambda: export.figure_bytes(export.build_figure(spec), "png", int(dpi)),
+                            file_name=f"{stem}.png", mime="image/png", key="dl-png", on_click="ignore")
+    buttons.download_button("Bundle (.zip)", lambda: export.export_bundle(spec, maps_meta, provenance),
+                            file_name=f"{stem}_bundle.zip", mime="application/zip", key="dl-zip", on_click="ignore")
     with st.expander("Manifest (provenance)"):
         with st.container(key="export-manifest"):
             st.json(provenance, expanded=1)

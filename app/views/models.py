@@ -12,6 +12,7 @@ import streamlit as st
 from app import state
 from toast_core import compare as cmp
 from toast_core.errors import ToastError
+from toast_core.io import peft
 
 entries, failures, note = state.session_entries()
 state.sidebar_status(note)
@@ -114,12 +115,19 @@ if up is not None:
 
 allowed = state.paths_allowed()
 path = st.text_input("…or a checkpoint path on the server", key="ckpt-path", disabled=not allowed,
-                     placeholder="/path/to/run/model.safetensors")
+                     placeholder="/path/to/run/model.safetensors",
+                     help="Also a folder saved by Hugging Face PEFT (adapter_config.json + adapter_model.safetensors): "
+                          "a LoRA on a timm ViT's qkv loads as the lora method, on the default backbone unless "
+                          "the adapter names another timm model.")
 if not allowed:
     st.caption("Loading by path is disabled on this server (it serves beyond localhost). Upload instead.")
 if st.button("Load from path", key="ckpt-path-load", disabled=not allowed or not path):
-    key = f"ckpt:{state.resolve_checkpoint_path(path)}"
+    target = state.resolve_checkpoint_path(path)
     try:
+        if peft.is_peft_adapter(target):  # converted once into a checkpoint under TOAST_HOME/imported/
+            with st.spinner("Converting the PEFT adapter…"):
+                target = str(peft.as_checkpoint_path(target))
+        key = f"ckpt:{target}"
         entry = state.load_model(key, state.device())
     except ToastError as e:
         st.error(f"Could not load {path}: {e}")
