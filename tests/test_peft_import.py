@@ -54,7 +54,7 @@ def images():
 @pytest.mark.parametrize("rslora", [False, True])
 def test_peft_lora_gives_peft_logits(tmp_path, rslora):
     folder, peft_model, base_file = peft_adapter(tmp_path, use_rslora=rslora)
-    assert is_peft_adapter(folder) and not is_peft_adapter(tmp_path)
+    assert is_peft_adapter(folder) and not is_peft_adapter(tmp_path) and tc.import_peft_lora is import_peft_lora
     model = import_peft_lora(folder, backbone=TINY["backbone"], pretrained=str(base_file), img_size=32,
                              backbone_kwargs=KW)
     assert model.build_info["method"] == "lora" and model.config.rank == 4 and model.config.target == "qkv"
@@ -119,3 +119,46 @@ def test_broken_or_unsafe_adapter_folders(tmp_path):
     other = dict(kw, pretrained=False, backbone_kwargs={**KW, "depth": 2})  # a shallower backbone
     with pytest.raises(UnsupportedAdapterError, match="only 2"):
         import_peft_lora(folder, **other)
+
+
+def test_adapter_on_the_default_backbone_loads_in_the_models_page(tmp_path, monkeypatch):
+    """PEFT on stock timm DINOv2-S with the project's default weights: the Models page takes the folder
+    path (converted once into a checkpoint), and the loaded model gives PEFT's logits."""
+    from safetensors.torch import load_file
+
+    from toast_core.backbones import DEFAULT_BACKBONE, DEFAULT_IMG_SIZE, load_backbone_weights
+    from toast_core.default_backbone import ensure_default_backbone, resize_pos_embed
+
+    from .test_app import _app, _no_exception
+
+    torch.manual_seed(0)
+    stock = timm.create_model(DEFAULT_BACKBONE, pretrained=False, num_classes=3, img_size=DEFAULT_IMG_SIZE,
+                              dynamic_img_size=True)
+    load_backbone_weights(stock, ensure_default_backbone(), resize_fn=resize_pos_embed)  # as the project does
+    assert torch.equal(stock.blocks[0].attn.qkv.weight, load_file(str(ensure_default_backbone()))["blocks.0.attn.qkv.weight"])
+    peft_model = get_peft_model(stock, LoraConfig(target_modules=["qkv"], r=4, lora_alpha=8, modules_to_save=["head"]))
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in (p for p in peft_model.parameters() if p.requires_grad):
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    peft_model.save_pretrained(tmp_path / "dinov2_lora")
+
+    monkeypatch.setenv("TOAST_APP_MODELS", "tiny")
+    monkeypatch.setenv("TOAST_DEVICE", "cpu")
+    monkeypatch.setenv("TOAST_APP_ALLOW_PATHS", "1")
+    at = _app("views/models.py")
+    before = len(at.dataframe[0].value)
+    at.text_input(key="ckpt-path").set_value(str(tmp_path / "dinov2_lora")).run()
+    at.button(key="ckpt-path-load").click().run()
+    _no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    table = at.dataframe[0].value
+    assert len(table) == before + 1
+    row = table.iloc[-1]
+    assert row["method"] == "lora" and row["backbone"] == DEFAULT_BACKBONE and row["classes"] == 3
+
+    model = tc.load_checkpoint(str(row["checkpoint"]))
+    x = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        diff = (peft_model.eval()(x) - model(x)).abs().max().item()
+    assert diff < 1e-4, diff

@@ -24,6 +24,7 @@ _LAZY = {
     "AttentionResult": "recording", "extract_attention": "recording", "record": "recording",
     "load_image": "io.images",
     "load_checkpoint": "io.checkpoints", "save_checkpoint": "io.checkpoints",
+    "import_peft_lora": "io.peft",
 }
 
 

@@ -262,3 +262,9 @@ def convert_peft_adapter(path: Union[str, os.PathLike], out_dir: Optional[Union[
         return out_dir / CKPT_WEIGHTS
     model = import_peft_lora(path, **kwargs)
     return save_checkpoint(model, out_dir, meta={"imported": model.build_info["imported"], "complete": True})
+
+
+def as_checkpoint_path(path: Union[str, os.PathLike]) -> Path:
+    """``path`` itself, or for a PEFT LoRA adapter folder the project checkpoint converted from it (once,
+    on the backbone :func:`backbone_name` infers) — what the app's Models page loads by path."""
+    return convert_peft_adapter(path) if is_peft_adapter(path) else Path(path)
