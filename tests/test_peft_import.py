@@ -12,7 +12,9 @@ from safetensors.torch import save_file
 
 import toast_core as tc
 from toast_core.errors import CheckpointError, ToastError
-from toast_core.io.peft import UnsupportedAdapterError, convert_peft_adapter, import_peft_lora, is_peft_adapter
+from toast_core.backbones import DEFAULT_BACKBONE
+from toast_core.io.peft import (UnsupportedAdapterError, backbone_name, convert_peft_adapter, import_peft_lora,
+                              is_peft_adapter)
 
 from .conftest import TINY
 
@@ -101,6 +103,14 @@ def test_unrepresentable_adapters_are_refused_by_name(tmp_path, lora, match):
         import_peft_lora(folder, backbone=TINY["backbone"], pretrained=str(base_file), img_size=32, backbone_kwargs=KW)
 
 
+def test_backbone_from_the_adapters_base_model_name():
+    name = lambda base, given=None: backbone_name({"base_model_name_or_path": base}, given)  # noqa: E731
+    assert name("hf-hub:timm/vit_base_patch16_224.augreg_in21k") == "vit_base_patch16_224"
+    assert name("timm/vit_small_patch14_dinov2.lvd142m") == "vit_small_patch14_dinov2"
+    assert name(None) == name("google/vit-base-patch16-224") == name("/my/weights.pth") == DEFAULT_BACKBONE
+    assert name("timm/vit_base_patch16_224", given="deit_small_patch16_224") == "deit_small_patch16_224"
+
+
 def test_broken_or_unsafe_adapter_folders(tmp_path):
     folder, _, base_file = peft_adapter(tmp_path)
     kw = dict(backbone=TINY["backbone"], pretrained=str(base_file), img_size=32, backbone_kwargs=KW)
@@ -126,7 +136,7 @@ def test_adapter_on_the_default_backbone_loads_in_the_models_page(tmp_path, monk
     path (converted once into a checkpoint), and the loaded model gives PEFT's logits."""
     from safetensors.torch import load_file
 
-    from toast_core.backbones import DEFAULT_BACKBONE, DEFAULT_IMG_SIZE, load_backbone_weights
+    from toast_core.backbones import DEFAULT_IMG_SIZE, load_backbone_weights
     from toast_core.default_backbone import ensure_default_backbone, resize_pos_embed
 
     from .test_app import _app, _no_exception
@@ -153,11 +163,12 @@ def test_adapter_on_the_default_backbone_loads_in_the_models_page(tmp_path, monk
     _no_exception(at)
     assert not at.error, [e.value for e in at.error]
     table = at.dataframe[0].value
-    assert len(table) == before + 1
-    row = table.iloc[-1]
-    assert row["method"] == "lora" and row["backbone"] == DEFAULT_BACKBONE and row["classes"] == 3
+    assert len(table) == before + 1 and table.iloc[-1]["method"] == "lora"
+    key = at.session_state["extra_models"][-1]  # "ckpt:<the converted checkpoint>"
+    assert "/imported/peft-" in key
 
-    model = tc.load_checkpoint(str(row["checkpoint"]))
+    model = tc.load_checkpoint(key[len("ckpt:"):])
+    assert model.build_info["backbone"] == DEFAULT_BACKBONE and model.vit.head.out_features == 3
     x = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         diff = (peft_model.eval()(x) - model(x)).abs().max().item()

@@ -168,9 +168,8 @@ def backbone_name(cfg: dict, backbone: Optional[str]) -> str:
 
     from ..backbones import DEFAULT_BACKBONE
 
-    base = str(cfg.get("base_model_name_or_path") or "")
-    base = base[len("timm/"):] if base.startswith(("timm/", "hf-hub:timm/")) else base.split("hf-hub:timm/")[-1]
-    arch = base.split(".")[0]
+    base = re.sub(r"^(hf-hub:)?timm/", "", str(cfg.get("base_model_name_or_path") or ""))
+    arch = base.split(".")[0]  # without the pretrained tag (".lvd142m")
     return arch if arch and timm.is_model(arch) else DEFAULT_BACKBONE
 
 
