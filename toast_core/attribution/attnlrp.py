@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from ..errors import InputError
-from .gradients import (scope, Attribution, AttributionRecorder, Target, detached, pixels_to_patches, resolve_target,
-                        run_forward, target_score)
+from .gradients import (Attribution, AttributionRecorder, Target, detached, pixels_to_patches, resolve_target,
+                        run_forward, scope, target_score)
 
 RULES = ("attnlrp", "cp")
 _ELEMENTWISE = (F.gelu, F.silu)

@@ -17,8 +17,8 @@ from typing import Optional
 
 import torch
 
-from .gradients import (scope, Attribution, AttributionRecorder, Target, detached, resolve_target,
-                        run_forward, target_score, to_grid)
+from .gradients import (Attribution, AttributionRecorder, Target, detached, resolve_target, run_forward, scope,
+                        target_score, to_grid)
 
 
 def start_row(batch: int, n_tokens: int, n_prefix: int, n_lead: int, device) -> torch.Tensor:

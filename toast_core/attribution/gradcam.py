@@ -15,8 +15,8 @@ from typing import Optional
 
 import torch
 
-from .gradients import (scope, Attribution, AttributionRecorder, Target, detached, resolve_target,
-                        run_forward, target_score)
+from .gradients import (Attribution, AttributionRecorder, Target, detached, resolve_target, run_forward, scope,
+                        target_score)
 
 
 def gradcam(model: torch.nn.Module, images: torch.Tensor, target: Target = None,

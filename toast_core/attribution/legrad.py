@@ -18,8 +18,8 @@ from typing import Optional
 import torch
 
 from ..errors import InputError
-from .gradients import (scope, Attribution, AttributionRecorder, Target, detached, drop_prompts,
-                        resolve_target, run_forward, target_score, to_grid)
+from .gradients import (Attribution, AttributionRecorder, Target, detached, drop_prompts, resolve_target,
+                        run_forward, scope, target_score, to_grid)
 
 
 def layer_scores(model: torch.nn.Module, tokens: torch.Tensor, n_prefix: int, n_prompts: int) -> torch.Tensor:
