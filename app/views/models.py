@@ -9,6 +9,7 @@ from pathlib import Path
 
 import streamlit as st
 
+import toast_core as tc
 from app import state
 from toast_core import compare as cmp
 from toast_core.errors import ToastError
@@ -21,21 +22,26 @@ with st.container(key="models-device"):
     st.markdown(f"**Device:** {cmp.device_label(state.device())} · **models:** {note}")
 state.untrained_notice(entries)
 
+# the table keeps the columns a reader compares (it fits a 1024 px window); the rest is under "Details"
 rows = []
 for e in entries:
-    info = e.info
-    share = info.get("share")
-    acc = info.get("accuracy")
-    rows.append({
-        "name": e.name, "method": e.method, "backbone": info.get("backbone"), "source": e.source,
-        "trained": e.trained, "layers": e.num_layers, "heads": e.num_heads,
-        "trainable share": None if share is None else f"{100 * share:.3f}%",
-        "trainable params": info.get("trainable"), "accuracy": None if acc is None else f"{100 * acc:.1f}%",
-        "classes": len(e.class_names), "sha256": (info.get("sha256") or "")[:12] or None,
-        "checkpoint": info.get("path") or e.key,
-    })
+    share, acc = e.info.get("share"), e.info.get("accuracy")
+    rows.append({"name": e.name, "method": e.method,
+                 "accuracy": None if acc is None else f"{100 * acc:.1f}%",
+                 "trainable": None if share is None else f"{100 * share:.2g}%",
+                 "layers × heads": f"{e.num_layers} × {e.num_heads}", "classes": len(e.class_names)})
 with st.container(key="models-table"):
-    st.dataframe(rows, hide_index=True, width="stretch")
+    st.dataframe(rows, hide_index=True, width="stretch", column_config={
+        "accuracy": st.column_config.TextColumn("accuracy", help="test accuracy on the task", width="small"),
+        "trainable": st.column_config.TextColumn("trainable", help="share of parameters trained", width="small"),
+        "layers × heads": st.column_config.TextColumn("layers × heads", width="small"),
+        "classes": st.column_config.NumberColumn("classes", width="small")})
+with st.expander("Details: backbone, source, parameters, checkpoint"):
+    for e in entries:
+        info = e.info
+        sha = (info.get("sha256") or "")[:12]
+        st.markdown(f"**{e.name}** · {info.get('backbone')} · {e.source} · {info.get('trainable')} trainable "
+                    f"parameters" + (f" · sha256 `{sha}`" if sha else "") + f"  \n`{info.get('path') or e.key}`")
 if failures:
     with st.container(key="models-failures"):
         for key, msg in failures:
@@ -74,7 +80,10 @@ if pending or state.background_active(bg_status):
                 st.toast(f"Background training: {got['reason']}")
                 st.rerun()
 quick = st.checkbox("Quick (small task, few steps: minutes, for a first look)", key="prepare-quick")
-if st.button("Prepare demo checkpoints", key="prepare-demo", disabled=not state.prepare_demo_available()):
+complete = len(demo_keys) >= len(tc.available_methods())
+if complete:
+    st.caption("All seven demo checkpoints are present: nothing to prepare.")
+if st.button("Prepare demo checkpoints", key="prepare-demo", disabled=complete or not state.prepare_demo_available()):
     bar = st.progress(0.0, text="Starting…")
 
     def progress(fraction: float, text: str) -> None:
@@ -97,6 +106,11 @@ st.caption("This project's checkpoints: a `.safetensors` file written by `toast_
            "the header). Files are read safely (safetensors, or torch with weights_only); nothing in them runs.")
 extra = st.session_state.setdefault("extra_models", [])
 up = st.file_uploader("Upload a checkpoint (.safetensors)", key="ckpt-upload")  # checked by content
+limit_mb = st.get_option("server.maxUploadSize")
+st.caption(f"Uploads are limited to {limit_mb} MB per file (a full fine-tuning checkpoint is about 86 MB). "
+           + ("Load a larger one by its path on the server, below." if state.paths_allowed() else
+              "For a larger one, start the app with a higher `--server.maxUploadSize`, or on localhost, "
+              "where loading by path is allowed."))
 if up is not None:
     done = st.session_state.setdefault("ckpt-upload-results", {})
     if up.file_id not in done:
