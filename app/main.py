@@ -20,6 +20,7 @@ from app import state  # noqa: E402
 # fonts.gstatic.com on every load; the app sends no request anywhere but to its own server).
 ICON = ROOT / "app" / "static" / "icon.png"
 st.set_page_config(page_title="Where do transfer methods look?", page_icon=str(ICON), layout="wide")
+st.html(ROOT / "app" / "static" / "app.css")  # a <style> only: no element on the page
 state.keep_widget_state()
 page = st.navigation([
     st.Page("views/compare.py", title="Compare", icon=":material/compare:", default=True),
