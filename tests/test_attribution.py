@@ -333,3 +333,52 @@ def test_kinds_run_concurrently_on_one_shared_model():
     assert not errors, errors
     for kind, maps_ in got.items():
         assert len(maps_) == 4 and all(torch.allclose(m, alone[kind], atol=1e-6) for m in maps_), kind
+
+
+# lxt's own CP-LRP rules and torchvision patch map, in a subprocess: lxt patches torch.nn classes
+# process-wide, and `import lxt.efficient` fails with transformers 5 (its BERT module imports a removed
+# helper), so the child loads lxt.efficient's rules, patches and vit_torch map without the package init.
+_LXT_CHILD = r"""
+import sys, types
+from pathlib import Path
+import torch, lxt
+from torchvision.models import VisionTransformer
+
+root = Path(lxt.__file__).parent / "efficient"
+for name, path in (("lxt.efficient", root), ("lxt.efficient.models", root / "models")):
+    pkg = types.ModuleType(name)
+    pkg.__path__ = [str(path)]
+    sys.modules[name] = pkg
+from lxt.efficient.models import vit_torch
+
+for cls, patch in vit_torch.cp_LRP.items():
+    assert patch(cls), cls
+data = torch.load(sys.argv[1])
+tv = VisionTransformer(**data["config"]).eval()
+tv.load_state_dict(data["state"])
+x = data["x"].clone().requires_grad_(True)
+tv(x).gather(1, data["target"].view(-1, 1)).sum().backward()
+torch.save((x * x.grad).sum(1).detach(), sys.argv[2])
+"""
+
+
+def test_attnlrp_cp_rule_matches_lxt_on_a_torchvision_twin(tmp_path):
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("lxt") is None:
+        pytest.skip("lxt is not installed (pip install --no-deps lxt==2.1; its dependency zennit refuses "
+                    "Python < 3.11.11)")
+    tv, twin = _torchvision_twin()
+    x = imgs(3)
+    ours = attnlrp(twin, x, rule="cp")
+    cfg = dict(image_size=32, patch_size=8, num_layers=3, num_heads=2, hidden_dim=32, mlp_dim=128, num_classes=5)
+    torch.save({"config": cfg, "state": tv.state_dict(), "x": x, "target": ours.target}, tmp_path / "in.pt")
+    done = subprocess.run([sys.executable, "-c", _LXT_CHILD, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    pixel = torch.load(tmp_path / "out.pt")
+    ref = pixel.reshape(3, 4, 8, 4, 8).sum(dim=(2, 4))  # lxt's pixel relevance summed per patch
+    assert torch.allclose(ours.extras["total"], pixel.flatten(1).sum(1), rtol=1e-4, atol=1e-6)
+    assert torch.allclose(ours.maps, ref, rtol=1e-4, atol=1e-6), (ours.maps - ref).abs().max()
