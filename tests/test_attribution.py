@@ -168,6 +168,7 @@ def test_legrad_matches_torchcam_on_a_torchvision_twin():
     with LeGrad(tv, list(tv.encoder.layers)[-2:], score_projection=project) as extractor:
         ref2 = extractor(ours.target.tolist(), tv(x), normalized=False)[0]
     assert torch.allclose(two.maps, ref2, atol=1e-6, rtol=1e-4)
+    assert two.extras["first_layer"] == 1 and torch.allclose(two.extras["per_layer"], ours.extras["per_layer"][1:])
 
 
 def _zero_biases(model):

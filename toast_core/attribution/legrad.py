@@ -37,7 +37,9 @@ def legrad(model: torch.nn.Module, images: torch.Tensor, target: Target = None,
         Others as :func:`toast_core.attribution.gae.gae`.
 
     Returns:
-        :class:`~toast_core.attribution.gradients.Attribution`, maps (B, h, w) ≥ 0, not rescaled.
+        :class:`~toast_core.attribution.gradients.Attribution`, maps (B, h, w) ≥ 0, not rescaled;
+        ``extras["per_layer"]`` holds each averaged layer's own map (layers, B, h, w), from block
+        ``extras["first_layer"]`` (0-based) up (for a per-layer view).
     """
     rec = AttributionRecorder(outputs=True, tokens=True)
     _, result = run_forward(model, images, rec, forward_kwargs)
@@ -49,13 +51,13 @@ def legrad(model: torch.nn.Module, images: torch.Tensor, target: Target = None,
         raise InputError(f"last_layers must be 1..{n_layers}, got {last_layers}")
     layout = rec.layout()
     _, n_prefix, n_prompts = layout
-    total = None
+    per_layer = []
     for layer in range(first, n_layers):
         score = target_score(layer_scores(model, tokens[layer], n_prefix, n_prompts), target)
         (g,) = torch.autograd.grad(score, [calls[layer].out], retain_graph=layer < n_layers - 1)
         with torch.no_grad():
             per_key = calls[layer].weight_grad(g).clamp_min(0).mean(dim=(1, 2))  # (B, N) over keys
-        total = per_key if total is None else total + per_key
-    maps = to_grid(total / (n_layers - first), layout)
-    return Attribution("legrad", maps, target, result.logits.detach(), detached(result),
-                       scope("legrad", result.passes))
+        per_layer.append(to_grid(per_key, layout))
+    stacked = torch.stack(per_layer)  # (layers, B, h, w)
+    return Attribution("legrad", stacked.mean(dim=0), target, result.logits.detach(), detached(result),
+                       scope("legrad", result.passes), {"per_layer": stacked, "first_layer": first})
