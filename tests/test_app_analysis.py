@@ -156,6 +156,7 @@ def test_folder_run_with_faithfulness(monkeypatch, task):
     at.radio(key="keep-ana-layers").set_value("last").run()
     at.checkbox(key="keep-ana-faith").check().run()
     at.number_input(key="keep-ana-faith-steps").set_value(4).run()
+    at.multiselect(key="keep-ana-faith-kinds").set_value(["cls", "gradcam", "random"]).run()
     at.button(key="ana-run").click().run()
     _no_exception(at)
     assert not at.error, [e.value for e in at.error]
@@ -166,6 +167,11 @@ def test_folder_run_with_faithfulness(monkeypatch, task):
     assert json.loads(result.files["run.json"])["faithfulness_steps"] == 4
     keys = _keys(at.main)
     assert "analysis-plot-accuracy" in keys and "analysis-plot-layers" not in keys  # one layer analysed
+    # the faithfulness ranking: one row per (method, kind), its plot and its CSV
+    assert {"analysis-ranking", "analysis-ranking-table", "analysis-plot-faithfulness"} <= keys
+    ranking = at.dataframe[1].value
+    assert list(ranking["method"]) == ["vpt-deep"] * 3 and sorted(ranking["rank"]) == [1, 2, 3]
+    assert {"faithfulness_ranking.csv", "faithfulness_ranking.png"} <= set(result.files)
 
 
 # ------------------------------------------------------------------------------------------------

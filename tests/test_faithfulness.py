@@ -182,3 +182,56 @@ def test_errors(dataset):
         fa.run_faithfulness(m, dataset, forward_kwargs={"x": {}})
     with pytest.raises(InputError, match="no faithfulness rows"):
         fa.ranking_table([])
+
+
+def test_cli_writes_the_ranking_table_and_plot(tmp_path, monkeypatch, capsys):
+    import json
+
+    from toast_core.analysis import read_rows_csv
+    from toast_core.cli import main
+
+    monkeypatch.setenv("TOAST_HOME", str(tmp_path / "home"))
+    out = tmp_path / "out"
+    rc = main(["analyze", "--quick", "--out", str(out), "--kinds", "cls", "--layers", "last", "--max-images", "3",
+               "--faithfulness", "--map-kinds", "cls,rollout,random", "--faithfulness-max-images", "3", "--no-progress",
+               "--bootstrap", "100"])
+    assert rc == 0
+    md = (out / "summary.md").read_text()
+    assert "Which map is faithful?" in md
+    ranking = read_rows_csv(out / "faithfulness_ranking.csv")
+    methods = ["linear", "finetune", "lora", "vpt-shallow", "vpt-deep", "toast", "toast-lite"]
+    assert sorted((r["method"], r["kind"]) for r in ranking) == sorted((m, k) for m in methods
+                                                                        for k in ("cls", "rollout", "random"))
+    assert all(r["deletion_auc_lo"] <= r["deletion_auc_mean"] <= r["deletion_auc_hi"] for r in ranking)
+    assert len(read_rows_csv(out / "faithfulness_rows.csv")) == 3 * len(methods) * 3
+    for name in ("faithfulness_ranking.png", "faithfulness_ranking.pdf"):
+        assert (out / name).stat().st_size > 1000
+    # the cls rows of the attention analysis carry the same deletion / insertion values
+    rows = read_rows_csv(out / "rows.csv")
+    frows = {(r["method"], r["image_id"]): r for r in read_rows_csv(out / "faithfulness_rows.csv") if r["kind"] == "cls"}
+    final = [r for r in rows if r["pass"] in ("main", "top-down")]
+    assert final and all(r["deletion_auc"] == pytest.approx(frows[(r["method"], r["image_id"])]["deletion_auc"], abs=1e-5)
+                         for r in final)
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["faithfulness_steps"] == 4 and meta["faithfulness_map_kinds"] == ["cls", "random", "rollout"]
+    capsys.readouterr()
+    assert main(["analyze", "--quick", "--out", str(tmp_path / "x"), "--faithfulness", "--map-kinds", "nope"]) == 1
+    assert "map kinds must be among" in capsys.readouterr().err and not (tmp_path / "x" / "rows.csv").exists()
+
+
+def test_app_session_ranks_every_group(dataset):
+    """The Analysis page's runner: the ranking over the chosen kinds, the cls values in the headline."""
+    from toast_core.analysis import session
+
+    task = dataset.root
+    models = {"linear": tiny_model("linear", 12), "vpt-deep": tiny_model("vpt-deep", 12)}
+    res = session.run_app_analysis(models, task, n_images=3, layers="last", device="cpu", faithfulness=True,
+                                   faithfulness_steps=3, faithfulness_max_images=2, map_kinds=["cls", "random"],
+                                   n_boot=100)
+    assert res.n_faithfulness == 2 and len(res.ranking) == 4
+    assert {(r["method"], r["map kind"]) for r in res.ranking} == {(m, k) for m in models
+                                                                    for k in ("CLS attention", "random")}
+    assert all(r["images"] == 2 for r in res.ranking)
+    assert {"faithfulness_ranking.csv", "faithfulness_rows.csv", "faithfulness_ranking.png"} <= set(res.files)
+    assert "Which map is faithful?" in res.files["summary.md"].decode()
+    assert all("deletion AUC ↓" in row for row in res.headline["cls"])

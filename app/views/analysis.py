@@ -10,9 +10,10 @@ Stable keys: ``analysis-controls``, ``analysis-dataset``, ``analysis-progress``,
 ``analysis-table``, ``analysis-plot-layers``, ``analysis-plot-accuracy``, ``analysis-downloads``;
 widgets ``keep-methods`` (sidebar, shared with other pages), ``keep-ana-source``, ``keep-ana-folder``,
 ``keep-ana-split``, ``keep-ana-n``, ``keep-ana-layers``, ``keep-ana-kinds``, ``keep-ana-faith``,
-``keep-ana-faith-steps``, ``keep-ana-faith-max``, ``ana-run``, ``ana-view-kind``; downloads
-``ana-dl-rows``, ``ana-dl-summary-csv``, ``ana-dl-summary-md``, ``ana-dl-layer-average``,
-``ana-dl-<plot stem>-png`` / ``-pdf``, ``ana-dl-zip``.
+``keep-ana-faith-steps``, ``keep-ana-faith-max``, ``keep-ana-faith-kinds``, ``ana-run``, ``ana-view-kind``;
+the faithfulness ranking ``analysis-ranking``, ``analysis-ranking-table``, ``analysis-plot-faithfulness``;
+downloads ``ana-dl-rows``, ``ana-dl-summary-csv``, ``ana-dl-summary-md``, ``ana-dl-layer-average``,
+``ana-dl-faithfulness``, ``ana-dl-<plot stem>-png`` / ``-pdf``, ``ana-dl-zip``.
 """
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import streamlit as st
 from app import state
 from toast_core.analysis import session as analysis_app
 from toast_core.analysis import ANALYSIS_KINDS, load_dataset
+from toast_core.maps import MAP_KINDS
 from toast_core.errors import ToastError
 
 K = state.KEEP
@@ -33,8 +35,7 @@ METRICS_HELP = (
     "object's area share, the chance level). **Distractors**: share inside the other objects. **Pointing "
     "hit**: the map's peak lies on the object (within 15 px at 224 px). **IoU**: the map thresholded at half "
     "its range against the mask. **AUC**: the map as a detector of object pixels (0.5 = chance). "
-    "**Deletion / insertion AUC** (faithfulness): the predicted class's probability as the most-attended "
-    "patches are removed (lower is better) / revealed (higher is better). Accuracy is the model's, whatever "
+    "**Deletion / insertion AUC** (faithfulness, last layer's CLS map): see the ranking below. Accuracy is the model's, whatever "
     "the map. Values are means over images with [95% bootstrap CI]; layers are counted from 0; "
     "*(last)* = the last analysed layer, *(layer mean)* = averaged over the analysed layers.")
 
@@ -99,17 +100,27 @@ def run_controls(size: int) -> dict:
     kinds = st.multiselect("Map kinds", list(ANALYSIS_KINDS), key=K + "ana-kinds", format_func=KIND_LABELS.get,
                            help="CLS attention (head mean), rollout over the layers, or the L2 norm of each token.")
     _default(K + "ana-faith", False)
-    faith = st.checkbox("Faithfulness (deletion / insertion AUC)", key=K + "ana-faith",
-                        help="Of the last layer's CLS map; 2·(steps+1) extra forward passes per image and model.")
-    steps, faith_max = 8, None
+    faith = st.checkbox("Which map is faithful? (deletion / insertion ranking)", key=K + "ana-faith",
+                        help="Ranks every map kind of every method: 2·(steps+1) extra forward passes per image, "
+                             "model and kind, plus computing the map (Integrated Gradients: 16 backward passes).")
+    steps, faith_max, faith_kinds = 8, None, []
     if faith:
         f1, f2 = st.columns(2)
         _default(K + "ana-faith-steps", 8, lambda v: isinstance(v, int) and 2 <= v <= 64)
         steps = f1.number_input("Steps", 2, 64, key=K + "ana-faith-steps")
         _default(K + "ana-faith-max", min(8, int(n)), lambda v: isinstance(v, int) and 1 <= v <= int(n))
         faith_max = f2.number_input("For the first N images", 1, int(n), key=K + "ana-faith-max")
-    return dict(n_images=int(n), layers=layers, kinds=list(kinds), faithfulness=bool(faith),
-                faithfulness_steps=int(steps), faithfulness_max_images=None if faith_max is None else int(faith_max))
+        every = analysis_app.faithfulness_kinds()
+        _default(K + "ana-faith-kinds", every, lambda v: isinstance(v, list) and all(k in every for k in v))
+        faith_kinds = st.multiselect("Map kinds to rank", every, key=K + "ana-faith-kinds", format_func=_kind_label,
+                                     help="'random' is uniform noise: the chance level every kind should beat.")
+    return dict(n_images=int(n), layers=layers, kinds=list(kinds), faithfulness=bool(faith) and bool(faith_kinds),
+                faithfulness_steps=int(steps), faithfulness_max_images=None if faith_max is None else int(faith_max),
+                map_kinds=list(faith_kinds) or None)
+
+
+def _kind_label(kind: str) -> str:
+    return MAP_KINDS.get(kind, "random (chance level)" if kind == "random" else kind)
 
 
 def run(selected, source, split: str, options: dict) -> None:
@@ -165,7 +176,27 @@ def show(result) -> None:
             with col, st.container(key="analysis-plot-accuracy"):
                 st.image(result.files[plots["accuracy"] + ".png"],
                          caption="Accuracy against the energy on the task object (last layer; 95% CI bars)")
+        if result.ranking:
+            ranking(result)
         downloads(result)
+
+
+def ranking(result) -> None:
+    """The faithfulness ranking: table (best kind first within each method) and the AUC plot."""
+    with st.container(key="analysis-ranking"):
+        st.subheader("Which map is faithful?")
+        st.caption(f"Every map kind of every method on the first {result.n_faithfulness} images: the predicted "
+                   "class's probability as the map's most important patches are removed (deletion, replaced by the "
+                   "image's mean colour: lower AUC is better) or revealed over a blurred copy (insertion: higher is "
+                   "better), plus the pointing game and the map's energy on the target. Ranked within each method by "
+                   "insertion − deletion; *gap to next* is the paired 95% CI of that difference to the next kind "
+                   "(ranks are distinguishable only where it excludes 0). *random* is the chance level.")
+        with st.container(key="analysis-ranking-table"):
+            st.dataframe(result.ranking, hide_index=True, width="stretch")
+        if "faithfulness_ranking.png" in result.files:
+            with st.container(key="analysis-plot-faithfulness"):
+                st.image(result.files["faithfulness_ranking.png"],
+                         caption="Deletion and insertion AUC per method and map kind (mean, 95% CI)")
 
 
 def downloads(result) -> None:
@@ -175,7 +206,9 @@ def downloads(result) -> None:
         tables = [("rows.csv", "rows.csv", "text/csv", "ana-dl-rows"),
                   ("summary.csv", "summary.csv", "text/csv", "ana-dl-summary-csv"),
                   ("summary.md", "summary.md", "text/markdown", "ana-dl-summary-md"),
-                  ("layer_average.csv", "layer_average.csv", "text/csv", "ana-dl-layer-average")]
+                  ("layer_average.csv", "layer_average.csv", "text/csv", "ana-dl-layer-average"),
+                  ("faithfulness_ranking.csv", "faithfulness_ranking.csv", "text/csv", "ana-dl-faithfulness")]
+        tables = [t for t in tables if t[0] in files]
         cols = st.columns(len(tables) + 1)
         for col, (name, label, mime, key) in zip(cols, tables):
             if name in files:
@@ -183,6 +216,7 @@ def downloads(result) -> None:
         cols[-1].download_button("Everything (.zip)", result.zip_bytes, file_name="toast_analysis.zip",
                                  mime="application/zip", key="ana-dl-zip", on_click="ignore", type="primary")
         stems = [s for k in result.kinds for s in result.plots(k).values()]
+        stems += ["faithfulness_ranking"] if "faithfulness_ranking.png" in files else []
         if stems:
             cols = st.columns(min(4, 2 * len(stems)))
             i = 0

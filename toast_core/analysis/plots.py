@@ -106,6 +106,40 @@ def plot_accuracy_vs_energy(rows, kind: str = "cls", layer: Optional[int] = None
     return fig
 
 
+def plot_faithfulness_ranking(table, title: Optional[str] = None):
+    """Deletion AUC (lower is better) and insertion AUC (higher is better) of every map kind, grouped by
+    method, with 95 % CI bars; ``table`` from :func:`~toast_core.analysis.faithfulness.ranking_table`.
+
+    Returns: a matplotlib ``Figure``.
+    """
+    from matplotlib.figure import Figure
+
+    if not table:
+        raise InputError("no faithfulness ranking to plot")
+    methods = list(dict.fromkeys(t["method"] for t in table))
+    kinds = list(dict.fromkeys(t["kind"] for t in table))
+    cell = {(t["method"], t["kind"]): t for t in table}
+    fig = Figure(figsize=(max(6.0, 1.1 * len(methods) * (1 + 0.25 * len(kinds))) + 1.4, 3.4), layout="constrained")
+    axes = fig.subplots(1, 2)
+    width = 0.8 / len(kinds)
+    x = np.arange(len(methods))
+    for ax, (metric, label) in zip(axes, (("deletion_auc", "deletion AUC (lower = more faithful)"),
+                                          ("insertion_auc", "insertion AUC (higher = more faithful)"))):
+        for k, kind in enumerate(kinds):
+            vals = np.array([cell[(m, kind)][metric] if (m, kind) in cell else (np.nan,) * 3 for m in methods])
+            err = np.abs(vals[:, 1:].T - vals[:, 0])
+            ax.bar(x + (k - (len(kinds) - 1) / 2) * width, vals[:, 0], width, yerr=err, capsize=2,
+                   color="0.6" if kind == "random" else f"C{k % 10}", label=kind, error_kw=dict(lw=0.8))
+        ax.set_xticks(x, methods, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="outside right upper", title="map kind", title_fontsize=7)
+    fig.suptitle(title or "Which map is faithful? deletion / insertion AUC per method and map kind (mean, 95% CI)",
+                 fontsize=10)
+    return fig
+
+
 def save_figure(fig, out_dir: str | os.PathLike, stem: str, dpi: int = 200) -> list[Path]:
     """Write ``stem.png`` and ``stem.pdf`` (TrueType fonts embedded) into ``out_dir``."""
     from ..viz.export import figure_bytes
@@ -119,9 +153,13 @@ def save_figure(fig, out_dir: str | os.PathLike, stem: str, dpi: int = 200) -> l
 
 
 def write_report(rows, out_dir: str | os.PathLike, title: str = "Attention analysis",
-                 meta: Optional[dict] = None, n_boot: int = 1000) -> dict[str, list[Path]]:
+                 meta: Optional[dict] = None, n_boot: int = 1000, faithfulness_rows: Optional[Sequence[dict]] = None,
+                 faithfulness_steps: Optional[int] = None) -> dict[str, list[Path]]:
     """Write ``rows.csv``, ``summary.csv``, ``layer_average.csv``, ``summary.md``, plots and ``run.json``.
 
+    With ``faithfulness_rows`` (from :func:`~toast_core.analysis.faithfulness.run_faithfulness`) also
+    ``faithfulness_rows.csv``, ``faithfulness_ranking.csv``, the ranking in ``summary.md`` and the
+    ``faithfulness_ranking`` plot.
     Returns: ``{"csv": [...], "tables": [...], "plots": [...]}`` paths.
     """
     import json
@@ -135,6 +173,8 @@ def write_report(rows, out_dir: str | os.PathLike, title: str = "Attention analy
         cols = list(table[0].keys())
         written["tables"].append(write_table_csv(table, out / name, cols))
     md = summary_markdown(recs, title=title, n_boot=n_boot)
+    if faithfulness_rows:
+        md += "\n" + _write_faithfulness(faithfulness_rows, out, written, n_boot, faithfulness_steps)
     atomic_write_bytes(out / "summary.md", md.encode())
     written["tables"].append(out / "summary.md")
     kinds = list(dict.fromkeys(r["kind"] for r in recs))
@@ -147,3 +187,15 @@ def write_report(rows, out_dir: str | os.PathLike, title: str = "Attention analy
     if meta is not None:
         atomic_write_bytes(out / "run.json", (json.dumps(meta, indent=1, default=str) + "\n").encode())
     return written
+
+
+def _write_faithfulness(frows, out: Path, written: dict, n_boot: int, steps: Optional[int]) -> str:
+    """The faithfulness CSVs and plot (paths added to ``written``); returns the ranking's markdown."""
+    from .faithfulness import FAITH_COLUMNS, ranking_markdown, ranking_records, ranking_table
+
+    table = ranking_table(frows, n_boot=n_boot)
+    written["csv"].append(write_table_csv(list(frows), out / "faithfulness_rows.csv", list(FAITH_COLUMNS)))
+    flat = ranking_records(table)
+    written["tables"].append(write_table_csv(flat, out / "faithfulness_ranking.csv", list(flat[0])))
+    written["plots"] += save_figure(plot_faithfulness_ranking(table), out, "faithfulness_ranking")
+    return ranking_markdown(table, steps)

@@ -35,7 +35,7 @@ from .. import analysis
 from ..errors import InputError
 
 __all__ = ["TaskSource", "AppAnalysis", "HEADLINE_LABELS", "default_task", "model_classes", "usable_indices",
-           "run_app_analysis", "headline_records", "zip_files"]
+           "run_app_analysis", "headline_records", "ranking_display", "faithfulness_kinds", "zip_files"]
 
 Progress = Callable[[int, int], None]
 
@@ -221,6 +221,10 @@ class AppAnalysis:
         data_dir, split: where the images came from.
         seconds: wall time of the run.
         notes: sentences for the user (grouping by input size, skipped images).
+        ranking: with faithfulness, :func:`ranking_records` (one display row per method and map kind,
+            best first within a method); files then also hold ``faithfulness_ranking.csv``,
+            ``faithfulness_rows.csv`` and ``faithfulness_ranking.png/.pdf``.
+        n_faithfulness: images the ranking scored (0 without faithfulness).
     """
 
     rows: list[dict]
@@ -234,6 +238,8 @@ class AppAnalysis:
     split: str
     seconds: float
     notes: list[str] = field(default_factory=list)
+    ranking: list[dict] = field(default_factory=list)
+    n_faithfulness: int = 0
 
     def plots(self, kind: str) -> dict[str, str]:
         """Plot stems of one kind that were drawn: ``{"layers": stem, "accuracy": stem}`` (subset)."""
@@ -248,8 +254,8 @@ def run_app_analysis(models: Mapping[str, torch.nn.Module], data_dir: str | Path
                      n_images: int = 48, layers: str | Sequence[int] = "all", kinds: str | Sequence[str] = ("cls",),
                      batch_size: int = 16, device: str | torch.device | None = "auto",
                      progress: Optional[Progress] = None, faithfulness: bool = False, faithfulness_steps: int = 8,
-                     faithfulness_max_images: Optional[int] = None, n_boot: int = 1000,
-                     title: Optional[str] = None, meta: Optional[dict] = None) -> AppAnalysis:
+                     faithfulness_max_images: Optional[int] = None, map_kinds: Optional[Sequence[str]] = None,
+                     n_boot: int = 1000, title: Optional[str] = None, meta: Optional[dict] = None) -> AppAnalysis:
     """Analyse the first ``n_images`` usable images of a dataset split with every model, report in memory.
 
     Args:
@@ -257,8 +263,10 @@ def run_app_analysis(models: Mapping[str, torch.nn.Module], data_dir: str | Path
         data_dir: a folder :func:`toast_core.analysis.load_dataset` reads (default task, CUB, image folder
             with masks).
         split: dataset split. n_images: images to analyse (fewer when the split is smaller).
-        layers, kinds, batch_size, faithfulness, faithfulness_steps, faithfulness_max_images: as
-            :func:`toast_core.analysis.run_analysis`.
+        layers, kinds, batch_size: as :func:`toast_core.analysis.run_analysis`.
+        faithfulness: also rank ``map_kinds`` (default: every kind) of every model by deletion / insertion
+            AUC, pointing game and energy (:mod:`toast_core.analysis.faithfulness`) on the first
+            ``faithfulness_max_images`` images, with ``faithfulness_steps`` steps per curve.
         device: where to run (pass the device the models already live on: shared models are then not moved).
         progress: ``progress(done, total)`` in images × models, over all groups.
         n_boot: bootstrap resamples of the CIs. title: report title. meta: extra fields for ``run.json``.
@@ -272,6 +280,7 @@ def run_app_analysis(models: Mapping[str, torch.nn.Module], data_dir: str | Path
     if not models:
         raise InputError("no model to analyse: load or select at least one model")
     kinds = analysis.parse_kinds(kinds)
+    map_kinds = faithfulness_kinds(map_kinds) if faithfulness else []
     groups: dict[tuple, dict[str, torch.nn.Module]] = {}
     for name, model in models.items():
         groups.setdefault(_input_key(model), {})[name] = model
@@ -292,8 +301,10 @@ def run_app_analysis(models: Mapping[str, torch.nn.Module], data_dir: str | Path
     if len(groups) > 1:
         notes.append(f"The models expect {len(groups)} different input sizes or normalisations: each group "
                      "ran over the same images, resized and normalised for it.")
-    total = len(indices) * len(models)
+    n_faith = min(len(indices), faithfulness_max_images or len(indices)) if faithfulness else 0
+    total = (len(indices) + n_faith) * len(models)
     rows: list[dict] = []
+    frows: list[dict] = []
     done = 0
     for key, group in groups.items():
         ds = probe if group is first else analysis.load_dataset(data_dir, split, model=next(iter(group.values())))
@@ -304,24 +315,47 @@ def run_app_analysis(models: Mapping[str, torch.nn.Module], data_dir: str | Path
                 progress(offset + k, total)
 
         rows += analysis.run_analysis(group, _Subset(ds, indices), layers=layers, kinds=kinds,
-                                      batch_size=batch_size, device=device, progress=cb,
-                                      faithfulness=faithfulness, faithfulness_steps=faithfulness_steps,
-                                      faithfulness_max_images=faithfulness_max_images, as_frame=False)
+                                      batch_size=batch_size, device=device, progress=cb, as_frame=False)
         done += len(indices) * len(group)
+        if n_faith:
+            frows += _faithfulness(group, _Subset(ds, indices[:n_faith]), rows, map_kinds, faithfulness_steps,
+                                   min(batch_size, 8), device, lambda k, _n, o=done: cb(k, _n, o))
+            done += n_faith * len(group)
     title = title or f"Attention analysis: {data_dir.name} ({split})"
     run_meta = dict(source="app", data=str(data_dir), split=split, n_images=len(indices), skipped=skipped,
                     layers=layers if isinstance(layers, str) else list(layers), kinds=kinds, device=str(device),
                     faithfulness=faithfulness, faithfulness_steps=faithfulness_steps,
-                    faithfulness_max_images=faithfulness_max_images, n_boot=n_boot,
+                    faithfulness_max_images=faithfulness_max_images, faithfulness_map_kinds=map_kinds or None,
+                    n_boot=n_boot,
                     models={n: getattr(m, "build_info", {}) for n, m in models.items()},
                     seconds=round(time.perf_counter() - start, 2), **(meta or {}))
     with tempfile.TemporaryDirectory(prefix="toast-analysis-") as tmp:
-        analysis.write_report(rows, tmp, title=title, meta=run_meta, n_boot=n_boot)
+        analysis.write_report(rows, tmp, title=title, meta=run_meta, n_boot=n_boot, faithfulness_rows=frows,
+                              faithfulness_steps=faithfulness_steps)
         files = {p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()}
     headline = {k: headline_records(rows, k, n_boot=n_boot) for k in kinds}
+    ranking = ranking_display(frows, n_boot=n_boot) if frows else []
     return AppAnalysis(rows=rows, kinds=kinds, headline=headline, files=files, zip_bytes=zip_files(files),
                        n_images=len(indices), skipped=skipped, data_dir=str(data_dir), split=split,
-                       seconds=time.perf_counter() - start, notes=notes)
+                       seconds=time.perf_counter() - start, notes=notes, ranking=ranking, n_faithfulness=n_faith)
+
+
+def faithfulness_kinds(spec: Optional[Sequence[str]] = None) -> list[str]:
+    """The kinds the faithfulness ranking scores (default: every registered kind and ``random``)."""
+    from .faithfulness import parse_map_kinds
+
+    return parse_map_kinds(spec)
+
+
+def _faithfulness(group, dataset, rows: list[dict], map_kinds, steps: int, batch_size: int, device,
+                  progress: Progress) -> list[dict]:
+    """Faithfulness rows of one model group; its ``cls`` values copied into the analysis ``rows``."""
+    from .faithfulness import attach_to_rows, run_faithfulness
+
+    frows = run_faithfulness(group, dataset, map_kinds, steps=steps, batch_size=batch_size, device=device,
+                             progress=progress)
+    attach_to_rows(rows, frows, {n: len(getattr(m, "vit", m).blocks) for n, m in group.items()})
+    return frows
 
 
 # ------------------------------------------------------------------------------------------------
@@ -347,6 +381,22 @@ def headline_records(rows, kind: str = "cls", n_boot: int = 1000) -> list[dict]:
     keys = [k for k in keys if any(math.isfinite(t[k][0]) for t in table)]
     return [{"method": t["method"], "images": t["n"], **{HEADLINE_LABELS.get(k, k): _fmt(t[k]) for k in keys}}
             for t in table]
+
+
+def ranking_display(faith_rows, n_boot: int = 1000) -> list[dict]:
+    """The faithfulness ranking for display: method, rank, kind, then ``mean [lo, hi]`` strings."""
+    from ..maps import MAP_KINDS
+    from .faithfulness import FAITH_METRICS, ranking_table
+
+    out = []
+    for t in ranking_table(faith_rows, n_boot=n_boot):
+        rec = {"method": t["method"], "rank": t["rank"], "map kind": MAP_KINDS.get(t["kind"], t["kind"]),
+               "images": t["n"]}
+        rec.update({label: _fmt(t[m]) for m, label, _ in FAITH_METRICS})
+        rec["gap to next"] = _fmt(t["gap"])
+        rec["s / image"] = round(t["seconds"], 3)
+        out.append(rec)
+    return out
 
 
 def zip_files(files: Mapping[str, bytes], folder: str = "analysis") -> bytes:

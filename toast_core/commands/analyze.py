@@ -7,7 +7,12 @@ Examples::
     python -m toast_core analyze --quick --out /tmp/smoke                       # tiny untrained models
 
 Writes ``rows.csv`` (one row per image × method × pass × layer × map kind), ``summary.csv``,
-``layer_average.csv``, ``summary.md``, plots (PNG + PDF) and ``run.json`` into ``--out``.
+``layer_average.csv``, ``summary.md``, plots (PNG + PDF) and ``run.json`` into ``--out``; with
+``--faithfulness`` also ``faithfulness_rows.csv``, ``faithfulness_ranking.csv`` and its plot, every map
+kind ranked per method (:mod:`toast_core.analysis.faithfulness`)::
+
+    python -m toast_core analyze --demo --fresh-seed 20261201 --layers last --faithfulness \
+        --faithfulness-max-images 20 --out runs/faithfulness
 """
 from __future__ import annotations
 
@@ -41,10 +46,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="'auto' (GPU when present), 'cpu', 'cuda', 'cuda:1'...")
     parser.add_argument("--max-images", type=int, metavar="N", help="analyse only the first N images")
     parser.add_argument("--faithfulness", action="store_true",
-                        help="also deletion/insertion AUC (last layer, cls maps; 2*(steps+1) forwards per image)")
-    parser.add_argument("--faithfulness-steps", type=int, default=16)
+                        help="also rank every map kind of every method by deletion/insertion AUC, pointing game "
+                             "and energy on the target (2*(steps+1) forwards per image, model and kind, plus "
+                             "the map; fills the cls rows' deletion/insertion columns too)")
+    parser.add_argument("--map-kinds", default="all", metavar="K,K,...",
+                        help="map kinds the faithfulness ranking scores (default all: every registered kind "
+                             "and 'random', the chance reference)")
+    parser.add_argument("--faithfulness-steps", type=int, default=8,
+                        help="points per deletion/insertion curve - 1 (default 8)")
     parser.add_argument("--faithfulness-max-images", type=int, metavar="N",
-                        help="deletion/insertion for the first N images only (they cost the most)")
+                        help="rank on the first N images only (they cost the most; --quick: 2)")
     parser.add_argument("--td-scales", metavar="S,S,...",
                         help="TOAST models only: analyse each at these top-down scales (e.g. 0,0.5,1,2)")
     parser.add_argument("--tolerance-px", type=float, help="pointing-game tolerance (default 15 px at 224 px)")
@@ -208,6 +219,9 @@ def _run(args, ctx) -> int:
     if args.batch_size < 1:
         raise InputError("--batch-size must be >= 1")
     kinds = analysis.parse_kinds(args.kinds)
+    if args.faithfulness:  # fail before the long part
+        from ..analysis.faithfulness import parse_map_kinds
+        parse_map_kinds(args.map_kinds)
     max_images = args.max_images if args.max_images is not None else (12 if args.quick else None)
     with distributed.main_first(ctx):  # rank 0 first: it may write the generated task or the default backbone
         ckpts, models, data_dir, dataset = _inputs(args, out, max_images)
@@ -233,28 +247,58 @@ def _run(args, ctx) -> int:
     try:
         rows = distributed.run_sharded(
             ctx, models, dataset, layers=args.layers, kinds=kinds, batch_size=args.batch_size, device=device,
-            progress=progress, faithfulness=args.faithfulness,
-            faithfulness_steps=4 if args.quick and args.faithfulness_steps == 16 else args.faithfulness_steps,
-            faithfulness_max_images=args.faithfulness_max_images, forward_kwargs=fkw,
+            progress=progress, forward_kwargs=fkw,
             tolerance_px=args.tolerance_px)
     finally:
         if bar is not None:
             bar.close()
     if rows is None:  # another rank of a torchrun job: rank 0 writes everything
         return 0
+    frows, steps = _faithfulness(args, models, dataset, fkw, device, rows) if args.faithfulness else (None, None)
     meta = dict(command="analyze", data=str(data_dir), split=args.split, n_images=len(dataset), image_size=size,
                 layers=args.layers, kinds=kinds, device=str(device), batch_size=args.batch_size,
                 checkpoints=[str(p) for p in ckpts], models={n: getattr(m, "build_info", {}) for n, m in models.items()},
-                forward_kwargs=fkw, faithfulness=args.faithfulness, faithfulness_steps=args.faithfulness_steps,
+                forward_kwargs=fkw, faithfulness=args.faithfulness, faithfulness_steps=steps,
+                faithfulness_map_kinds=sorted({r["kind"] for r in frows or []}) or None,
                 faithfulness_max_images=args.faithfulness_max_images, quick=args.quick, toast_home=str(toast_home()),
                 processes=ctx.world, seconds=round(time.perf_counter() - start, 1), versions=_versions())
     written = analysis.write_report(rows, out, title=f"Attention analysis: {data_dir.name} ({args.split})",
-                                    meta=meta, n_boot=args.bootstrap)
+                                    meta=meta, n_boot=args.bootstrap, faithfulness_rows=frows,
+                                    faithfulness_steps=steps)
     print((out / "summary.md").read_text())
     for key, paths in written.items():
         print(f"{key}: " + ", ".join(str(p) for p in paths), file=sys.stderr)
     print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return 0
+
+
+def _faithfulness(args, models: dict, dataset, fkw: dict, device, rows: list) -> tuple[list, int]:
+    """The faithfulness ranking's rows (its cls values copied into ``rows``) and the steps used.
+
+    Under torchrun it runs on rank 0 alone, after the sharded analysis."""
+    from ..analysis import faithfulness
+
+    kinds = faithfulness.parse_map_kinds(args.map_kinds)
+    steps = 4 if args.quick and args.faithfulness_steps == 8 else args.faithfulness_steps
+    limit = args.faithfulness_max_images if args.faithfulness_max_images is not None else (2 if args.quick else None)
+    n = len(dataset) if limit is None else min(len(dataset), limit)
+    print(f"faithfulness: {len(kinds)} map kinds x {len(models)} models x {n} images, {steps} steps", file=sys.stderr)
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n * len(models), unit="img", desc="faithfulness", file=sys.stderr)
+    try:
+        frows = faithfulness.run_faithfulness(
+            models, dataset, kinds, steps=steps, max_images=n,
+            batch_size=min(args.batch_size, 8), device=device, forward_kwargs=fkw, tolerance_px=args.tolerance_px,
+            progress=None if bar is None else (lambda done, total: bar.update(done - bar.n)))
+    finally:
+        if bar is not None:
+            bar.close()
+    depths = {name: len(getattr(m, "vit", m).blocks) for name, m in models.items()}
+    faithfulness.attach_to_rows(rows, frows, depths)
+    return frows, steps
 
 
 def _versions() -> dict:
