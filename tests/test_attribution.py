@@ -383,3 +383,15 @@ def test_attnlrp_cp_rule_matches_lxt_on_a_torchvision_twin(tmp_path):
     ref = pixel.reshape(3, 4, 8, 4, 8).sum(dim=(2, 4))  # lxt's pixel relevance summed per patch
     assert torch.allclose(ours.extras["total"], pixel.flatten(1).sum(1), rtol=1e-4, atol=1e-6)
     assert torch.allclose(ours.maps, ref, rtol=1e-4, atol=1e-6), (ours.maps - ref).abs().max()
+
+
+def test_models_without_a_class_token():
+    """Global average pooling, no prefix token: GAE reads the mean patch row, the rest pool as the model does."""
+    spec = dict(backbone="vit_tiny_patch16_224", img_size=32, backbone_kwargs=dict(
+        patch_size=8, depth=2, embed_dim=32, num_heads=2, class_token=False, global_pool="avg"))
+    for method in ("linear", "toast"):
+        model = tiny_model(method, spec=spec)
+        x = imgs(2, 32, 24)
+        for kind in KINDS:
+            m, _ = maps.maps_for(model, x, kind)
+            assert m.shape == (2, 4, 3) and torch.isfinite(m).all() and float(m.abs().max()) > 0, (method, kind)
