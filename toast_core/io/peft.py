@@ -104,7 +104,8 @@ def lora_settings(cfg: dict) -> dict:
     init = cfg.get("init_lora_weights", True)
     if isinstance(init, str) and init.lower().startswith(_BASE_REWRITING_INITS):
         problems.append(f"init_lora_weights={init!r} rewrites the base weights, which the adapter does not hold")
-    extra = sorted(set(cfg.get("modules_to_save") or []) - {"head"})
+    saved = cfg.get("modules_to_save") or []
+    extra = sorted(set([saved] if isinstance(saved, str) else saved) - {"head"})
     if extra:
         problems.append(f"modules_to_save {extra} (only the classifier 'head' can be loaded)")
     auto = cfg.get("auto_mapping") or {}
