@@ -113,13 +113,15 @@ def test_compare_page_shows_every_method_with_hover_and_controls():
     _no_exception(at)
     ranges = {(t["zmin"], t["zmax"]) for c in _charts(at).values() for t in c["data"] if t["type"] == "heatmap"}
     assert len(ranges) > 1
-    # difference view: the reference panel is all zeros on a signed scale
+    # difference view: no (all-zero) panel for the reference, a signed scale, and the colormap box
+    # names the diverging colormap that is drawn
     at.toggle(key="cmp-diff").set_value(True).run()
     at.selectbox(key="cmp-reference").set_value("lora").run()
     _no_exception(at)
     heat = {k: [t for t in c["data"] if t["type"] == "heatmap"][0] for k, c in _charts(at).items()
             if k.startswith("fig-")}
-    assert np.all(_z(heat[f"fig-{_slug('lora')}"]) == 0)
+    assert f"fig-{_slug('lora')}" not in heat and f"fig-{_slug('linear')}" in heat
+    assert at.selectbox(key="cmp-cmap-signed").value == "RdBu_r"
     assert np.abs(_z(heat[f"fig-{_slug('toast')}"])).max() > 0
     zmin, zmax = heat[f"fig-{_slug('toast')}"]["zmin"], heat[f"fig-{_slug('toast')}"]["zmax"]
     assert zmin == pytest.approx(-zmax)  # signed scale
@@ -268,7 +270,10 @@ def test_models_page_lists_and_loads_checkpoints(tmp_path, monkeypatch):
     at = _app("views/models.py")
     table = at.dataframe[0].value
     assert list(table["method"]) == METHODS
-    assert {"backbone", "trainable share", "accuracy", "source"} <= set(table.columns)
+    assert {"trainable", "accuracy", "layers × heads", "classes"} <= set(table.columns)
+    assert len(table.columns) <= 7  # fits a 1024 px window; backbone and source are under Details
+    details = " ".join(m.value for m in at.expander[0].markdown)
+    assert "random tiny model" in details and "vit_" in details
     assert "CPU" in " ".join(m.value for m in at.markdown)
     assert at.button(key="prepare-demo") is not None
     # a path on the server: refused when serving beyond localhost
