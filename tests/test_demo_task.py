@@ -18,9 +18,8 @@ from toast_core.data.demo_task import (
     is_valid_demo_task,
     load_manifest,
     render_example,
-    task_statistics,
-    write_demo_samples,
 )
+from toast_core.data.demo_samples import task_statistics, write_demo_samples
 from toast_core.data.masked_dataset import IMAGENET_MEAN, IMAGENET_STD, MaskedImageDataset, PairedAugment
 from toast_core.data.photos import PHOTO_NAMES, load_photo
 from toast_core.data.shapes import SHAPE_NAMES, _inside_rotated, rasterise_shape, shape_geometry

@@ -23,6 +23,7 @@ from toast_core.training.trainer import (
     train,
 )
 
+from . import pause_writes
 from .conftest import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -251,7 +252,7 @@ def _run(out, env_extra=None, kill_at_marker=None):
 def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one_and_resumes(tmp_path):
     out = tmp_path / "run"
     # Writes: #1 epoch-1 checkpoint, #2 epoch-1 training state, #3 epoch-2 checkpoint (killed there).
-    code, _, _ = _run(out, {"TOAST_CKPT_PAUSE_BEFORE_RENAME": "120:3"}, kill_at_marker="write #3 paused")
+    code, _, _ = _run(out, pause_writes.child_env(120, nth=3), kill_at_marker="write #3 paused")
     assert code == -signal.SIGKILL
     assert list(out.glob(".model.safetensors.tmp-*")), "the kill should have interrupted a write"
     info = read_checkpoint_info(out)

@@ -7,7 +7,8 @@ Public API::
     model = tc.build_model("toast", num_classes=10)
     result = tc.extract_attention(model, images) # result.cls["top-down"]: (layers, B, h, w)
 
-Names are imported lazily, so light modules (render, export, metrics, images) load without torch/timm.
+Names are imported lazily, so light modules (viz.render, viz.export, io.images) load without torch/timm.
+The layers, folder by folder: docs/ARCHITECTURE.md.
 """
 from __future__ import annotations
 

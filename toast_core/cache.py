@@ -1,10 +1,14 @@
-"""The one directory where the library caches what it generates: converted weights, the demo task,
-trained demo checkpoints. ``$TOAST_HOME`` overrides the default ``~/.cache/toast_core``."""
+"""The one directory where the library caches what it generates (converted weights, the demo task,
+trained demo checkpoints; ``$TOAST_HOME`` overrides the default ``~/.cache/toast_core``), atomic writes,
+and the in-memory :class:`LRU` the comparison keeps its recordings in."""
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
+from collections import OrderedDict
 from pathlib import Path
+from typing import Any, Callable
 
 
 def toast_home() -> Path:
@@ -36,3 +40,36 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+class LRU:
+    """A small thread-safe least-recently-used cache with hit/miss counters."""
+
+    def __init__(self, maxsize: int):
+        self.maxsize = maxsize
+        self._data: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get_or_compute(self, key, compute: Callable[[], Any]):
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                self.hits += 1
+                return self._data[key]
+            self.misses += 1
+        value = compute()  # outside the lock: other keys proceed in parallel
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._data)

@@ -14,7 +14,7 @@ Every function returns a float tensor shaped (B, h, w). Kinds (labels used on sc
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -55,12 +55,14 @@ def token_norm_map(result: AttentionResult, layer: int = -1, pass_name: Optional
     return result.token_norm[_pass(result, pass_name)][layer]
 
 
-def rollout(result: AttentionResult, pass_name: Optional[str] = None, start_layer: int = 0,
-            end_layer: Optional[int] = None, residual: float = 0.5) -> torch.Tensor:
-    """Attention rollout up to ``end_layer`` (inclusive; default last). Needs ``full=True`` recording.
+def rollout_steps(result: AttentionResult, pass_name: Optional[str] = None, start_layer: int = 0,
+                  end_layer: Optional[int] = None, residual: float = 0.5) -> Iterator[torch.Tensor]:
+    """Attention rollout ending at each layer from ``start_layer`` to ``end_layer`` (inclusive; default
+    last), in turn: one (B, h, w) map per layer. Needs ``full=True`` recording.
 
-    Each layer's head-averaged attention A becomes ``residual·I + (1-residual)·A`` (rows still sum to
-    1), the matrices are multiplied from ``start_layer`` up, and the CLS row's patch entries form the map.
+    Each layer's head-averaged attention A becomes ``residual·I + (1-residual)·A`` (rows renormalised to
+    1), the matrices are multiplied from ``start_layer`` up, and the CLS row's patch entries form the map
+    (without a CLS token: the mean over patch rows).
     """
     if result.full is None:
         raise ValueError("rollout needs full attention matrices: extract_attention(..., full=True)")
@@ -69,16 +71,30 @@ def rollout(result: AttentionResult, pass_name: Optional[str] = None, start_laye
     n = mats.shape[-1]
     eye = torch.eye(n, dtype=mats.dtype, device=mats.device)
     joint = eye.expand_as(mats[0]).clone()
+    lead = result.num_prefix_tokens + result.num_prompt_tokens
+    h, w = result.grid
     for layer in range(start_layer, end + 1):
         a = residual * eye + (1.0 - residual) * mats[layer]
         joint = (a / a.sum(dim=-1, keepdim=True)) @ joint
-    lead = result.num_prefix_tokens + result.num_prompt_tokens
-    h, w = result.grid
-    if result.num_prefix_tokens > 0:
-        row = joint[:, 0, lead:]
-    else:
-        row = joint[:, lead:, lead:].mean(dim=1)
-    return row.reshape(row.shape[0], h, w)
+        row = joint[:, 0, lead:] if result.num_prefix_tokens > 0 else joint[:, lead:, lead:].mean(dim=1)
+        yield row.reshape(row.shape[0], h, w)
+
+
+def rollout(result: AttentionResult, pass_name: Optional[str] = None, start_layer: int = 0,
+            end_layer: Optional[int] = None, residual: float = 0.5) -> torch.Tensor:
+    """Attention rollout up to ``end_layer`` (inclusive; default last): the last map of
+    :func:`rollout_steps`. (B, h, w)."""
+    last = None
+    for last in rollout_steps(result, pass_name, start_layer, end_layer, residual):
+        pass
+    if last is None:
+        raise ValueError(f"rollout from layer {start_layer} to {end_layer}: an empty range")
+    return last
+
+
+def rollout_all_layers(result: AttentionResult, pass_name: Optional[str] = None, residual: float = 0.5) -> torch.Tensor:
+    """Attention rollout from layer 0 ending at every layer in turn. (L, B, h, w)."""
+    return torch.stack(list(rollout_steps(result, pass_name, residual=residual)))
 
 
 def patch_grid(model: torch.nn.Module, images: torch.Tensor) -> tuple[int, int]:

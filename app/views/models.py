@@ -74,7 +74,7 @@ if pending or state.background_active(bg_status):
         else:
             if bg_status:
                 st.caption(f"Last background run: {background.describe(bg_status)}")
-            quick_dir = any(Path(k[len("ckpt:"):]).parent.parent.name == "demo-quick" for k in demo_keys)
+            quick_dir = any(state.is_quick(k) for k in demo_keys)
             if st.button("Train the missing ones in the background", key="bg-start"):
                 got = background.start(quick=quick_dir, device=state.device())
                 st.toast(f"Background training: {got['reason']}")

@@ -3,7 +3,7 @@ against a real app server and a real background trainer (quick plan):
 
 * the app is up and shows the six other methods' maps while fine-tuning trains; the finetune panel says
   what is happening, the sidebar shows the progress; an upload re-renders meanwhile;
-* while the final checkpoint is written (paused before its rename by TOAST_CKPT_PAUSE_BEFORE_RENAME, with
+* while the final checkpoint is written (paused before its rename by tests/pause_writes.py, with
   the epoch's incomplete checkpoint already on disk) finetune is still not loaded;
 * fine-tuning joins the comparison when its checkpoint is complete, without a reload, with the map
   toast_core computes from that checkpoint.
@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 
+from tests import pause_writes
 from tests.browser.expect import make_image
 from tests.browser.harness import AppServer
 from tests.browser.ui import chart_z, exceptions, open_app, selectbox_value, upload, wait_charts, wait_text
@@ -56,7 +57,7 @@ def test_app_up_before_finetune_then_finetune_joins_without_reload(browser, firs
     out = home / "demo-quick"
     ckpt = out / "finetune"
     started = bg.start(quick=True, device="cpu", out=out,
-                       env={"TOAST_HOME": str(home), "TOAST_CKPT_PAUSE_BEFORE_RENAME": str(PAUSE_S)})
+                       env={"TOAST_HOME": str(home), **pause_writes.child_env(PAUSE_S)})
     assert started["started"] and started["methods"] == ["finetune"]
     server = AppServer(env={"TOAST_APP_MODELS": "demo", "TOAST_DEVICE": "cpu"}, home=home, timeout=180)
     server.start()

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..maps import rollout_all_layers  # noqa: F401 (one rollout: toast_core.maps)
 from .metrics import _edges, mask_coverage
-from ..recording import AttentionResult
 
 from .options import NAN, default_tolerance
 
@@ -167,25 +167,3 @@ def batch_map_metrics(maps: torch.Tensor, geo: Mapping[str, torch.Tensor], thres
     out = dict(energy_target=et, energy_distractors=ed, energy_background=eb, pointing_hit=point, iou=iou,
                auc=auc, entropy=ent, part_hit=part)
     return {k: v.numpy() for k, v in out.items()}
-
-
-def rollout_all_layers(result: AttentionResult, pass_name: str, residual: float = 0.5) -> torch.Tensor:
-    """Attention rollout ending at every layer in turn (as :func:`toast_core.maps.rollout` from layer 0).
-
-    Returns: (L, B, h, w). Needs ``extract_attention(..., full=True)``.
-    """
-    if result.full is None:
-        raise ValueError("rollout needs full attention matrices: extract_attention(..., full=True)")
-    mats = result.full[pass_name].mean(dim=2)  # (L, B, N, N)
-    L, B, N, _ = mats.shape
-    eye = torch.eye(N, dtype=mats.dtype, device=mats.device)
-    joint = eye.expand(B, N, N).clone()
-    lead = result.num_prefix_tokens + result.num_prompt_tokens
-    h, w = result.grid
-    out = []
-    for layer in range(L):
-        a = residual * eye + (1.0 - residual) * mats[layer]
-        joint = (a / a.sum(dim=-1, keepdim=True)) @ joint
-        row = joint[:, 0, lead:] if result.num_prefix_tokens > 0 else joint[:, lead:, lead:].mean(dim=1)
-        out.append(row.reshape(B, h, w))
-    return torch.stack(out)

@@ -4,8 +4,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
-import torch
-
+from ..device import resolve_device  # noqa: F401 (the one resolver, re-exported for the analysis API)
 from ..errors import InputError
 
 
@@ -59,19 +58,6 @@ def parse_kinds(spec: str | Sequence[str]) -> list[str]:
     if bad or not items:
         raise InputError(f"map kinds must be among {ANALYSIS_KINDS}, got {list(items)}")
     return list(dict.fromkeys(items))
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"`` → CUDA when present, else CPU; otherwise ``torch.device(device)``."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise InputError(f"unknown device {device!r}: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("device 'cuda' asked for, but no CUDA GPU is available")
-    return dev
 
 
 def default_tolerance(image_size: tuple[int, int]) -> float:

@@ -112,8 +112,7 @@ def _ms(t: dict, nd: int = 0) -> str:
 
 def to_markdown(results: dict, plot_name: Optional[str] = None) -> str:
     """The results as markdown tables (the figures of docs/BENCHMARKS.md)."""
-    m, s = results["machine"], results["sections"]
-    c = results["config"]
+    m, c = results["machine"], results["config"]
     lines = ["## Machine and method", "",
              f"- CPU: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), {m.get('memory_gib')} GiB RAM; "
              f"torch threads {m['torch_threads']} (interop {m['torch_interop_threads']})",
@@ -127,125 +126,171 @@ def to_markdown(results: dict, plot_name: Optional[str] = None) -> str:
              "brackets process CPU time; a ratio is the median of the per-repetition paired ratios of wall-clock "
              "time, in brackets the same for CPU time"
              + (" (less sensitive to other processes on a shared CPU)." if m["device"] == "cpu" else "."), ""]
-    if results.get("targets"):
-        basis = timing_basis(results)
-        lines += ["## Targets", "",
-                  f"Timing targets are decided by the {'process CPU time' if basis == 'cpu' else 'wall-clock'} "
-                  "paired ratio" + (" (one torch thread on a shared CPU: the work done; wall-clock also "
-                                    "measures the other processes)." if basis == "cpu" else "."), "",
-                  "| target | backbone | decides | wall-clock | CPU time | limit | met |",
-                  "|---|---|---|---|---|---|---|"]
-        for t in results["targets"]:
-            met = {True: "yes", False: "**no**", None: "—"}[t["met"]]
-            lines.append(f"| {t['target']} | {t['backbone']} | {_r(t['value'], 3)} | {_r(t.get('value_wall', t['value']), 3)} | "
-                         f"{_r(t.get('value_cpu'), 3)} | {t['direction']} {t['limit']} | {met} |")
-        lines.append("")
-    if s.get("record"):
-        lines += ["## 1. Recording all layers' CLS maps vs the plain forward (fused attention)", "",
-                  "| backbone | batch | tokens | plain ms | recording ms | recording / plain | CLS maps only / plain | "
-                  "timm forward ms | timm forward / plain (same work) | GFLOP/image | achieved TFLOP/s | images/s (plain) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in s["record"]:
-            t = r["times"]
-            share = f" ({100 * r['peak_share']:.1f} % of peak)" if "peak_share" in r else ""
-            lines.append(f"| {r['backbone']} | {r['batch']} | {r['tokens']} | {_ms(t['plain'])} | "
-                         f"{_ms(t['record'])} | {_ratio_cell(t['record'])} | "
-                         f"{_ratio_cell(t['record_cls']) if 'record_cls' in t else '—'} | {_ms(t['timm_forward'])} | "
-                         f"{_ratio_cell(t['timm_forward'])} | {_r(r['forward_gflop'] / r['batch'], 2)} | "
-                         f"{_r(r['achieved_tflops'], 4)}{share} | {_r(r['images_per_s_plain'], 2)} |")
-        for r in s["record"]:
-            prof = r.get("profile")
-            if not prof:
-                continue
-            pl, rc = prof["plain"], prof["record"]
-            lines += ["", f"Profile of {r['backbone']} (torch.profiler, per call; {pl['op_kind']}):", "",
-                      "| variant | host time to issue ms | operator time ms | ATen calls |", "|---|---|---|---|"]
-            for n, d in prof.items():
-                lines.append(f"| {n} | {_r(d['issue_ms'], 3)} | {_r(d['op_ms'], 3)} | {d['aten_calls']:.0f} |")
-            pl_top = {k: v for k, v, _ in pl["top"]}
-            extra = [f"`{k}` {v:.3f} ms" + (f" (plain {pl_top[k]:.3f})" if k in pl_top else "")
-                     for k, v, _ in rc["top"][:8]]
-            lines += ["", "Costliest operators when recording: " + "; ".join(extra) + "."]
-        lines += ["", "recording = `extract_attention(model, x)`: per-head CLS rows of every layer (head-averaged maps, "
-                  "prefix mass) and every block's output-token norms; CLS maps only = the same with "
-                  "`token_norm=False`. "
-                  "timm forward = `model.vit(x)`, timm's own forward of the same modules: the same work as "
-                  "the plain forward, so its ratio shows how much the timing noise alone moves a ratio. "
-                  "GFLOP counted analytically (2·weights·tokens + 4·N²·C per block); FlopCounterMode "
-                  f"(+ attention where it cannot see SDPA) gives {_r(s['record'][0]['forward_gflop_counted'] / s['record'][0]['batch'], 2)} "
-                  f"for the first backbone.", ""]
-    if s.get("peer"):
-        lines += ["## 2. This project vs timm `AttentionExtract` (same maps)", "",
-                  "| backbone | batch | ours ms | peer fx ms | peer hooks ms | ours / fx | ours / hooks | "
-                  "plain peak MiB | extra: ours | extra: fx | extra: hooks | memory ours / fx | "
-                  "RSS extra ours / fx MiB | max abs diff |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in s["peer"]:
-            t, pk, ex = r["times"], r["peak_bytes"], r["extra_bytes"]
-            rss = r.get("rss_extra_bytes")
-            rss_s = f"{_mb(rss['ours'])} / {_mb(rss['peer'])}" if rss else "—"
-            hooks_cpu = f" ({_r(r.get('cpu_ratio_vs_hooks'), 3)})" if r.get("cpu_ratio_vs_hooks") else ""
-            lines.append(f"| {r['backbone']} | {r['batch']} | {_ms(t['ours'])} | {_ms(t['peer'])} | "
-                         f"{_ms(t['peer_hooks'])} | {_ratio_cell(t['ours'])} | {_r(r['time_ratio_vs_hooks'], 3)}{hooks_cpu} | "
-                         f"{_mb(pk['plain'])} | {_mb(ex['ours'])} | {_mb(ex['peer'])} | {_mb(ex.get('peer_hooks'))} | "
-                         f"{_r(r['memory_ratio'], 4)} | {rss_s} | {r['maps_max_abs_diff']:.1e} |")
-        lines += ["", f"Memory: {s['peer'][0]['memory_method']}; extra = peak of the variant − peak of the plain "
-                  "fused forward of the same model and batch (MiB). The fx peer is AttentionExtract's default: "
-                  "its traced graph drops what no softmax output depends on (the last block's MLP, the head), so "
-                  "it returns maps without a prediction; the hooks peer and this project run the whole forward.", ""]
-    if s.get("toast"):
-        lines += ["## 3. TOAST inference vs a single pass of the same backbone", "",
-                  "| backbone | batch | single ms | TOAST ms | TOAST-Lite ms | TOAST / single | Lite / single | "
-                  "FLOP ratio TOAST | FLOP ratio Lite |", "|---|---|---|---|---|---|---|---|---|"]
-        for r in s["toast"]:
-            t = r["times"]
-            lines.append(f"| {r['backbone']} | {r['batch']} | {_ms(t['single'])} | {_ms(t['toast'])} | "
-                         f"{_ms(t['toast-lite'])} | {_ratio_cell(t['toast'])} | {_ratio_cell(t['toast-lite'])} | "
-                         f"{_r(r['flop_ratio'], 3)} | {_r(r['flop_ratio_lite'], 3)} |")
-        lines.append("")
-    if s.get("train"):
-        lines += ["## 4. One training step (forward, backward, AdamW) vs full fine-tuning", ""]
-        for r in s["train"]:
-            lines += [f"{r['backbone']}, batch {r['batch']}:", "",
-                      "| method | trainable params | step ms | vs full fine-tuning |", "|---|---|---|---|"]
-            for n, t in r["times"].items():
-                tp = r["trainable"].get(n.split(":")[0])
-                ratio = _ratio_cell(t) if n != "finetune" else "1"
-                lines.append(f"| {n} | {tp:,} | {_ms(t)} | {ratio} |")
-            lines.append("")
-    if s.get("analysis"):
-        a = s["analysis"]
-        lines += ["## 5. Batch analysis throughput", "",
-                  f"{a['backbone']}, batch {a['batch']}, random box masks; maps of every layer, then "
-                  "`toast_core.analysis` (per-image geometry + energy, pointing game, IoU, AUC, entropy of all "
-                  "maps at once) or the per-map functions of `toast_core/metrics.py` (energy_in_mask + pointing_game "
-                  "per map).", "",
-                  "| variant | ms per batch | images/s | throughput vs plain inference |", "|---|---|---|---|"]
-        for n, t in a["times"].items():
-            ratio = a["throughput_ratio"].get(n, 1.0)
-            cpu = a.get("cpu_throughput_ratio", {}).get(n)
-            cell = _r(ratio, 3) + (f" ({_r(cpu, 3)})" if cpu is not None else "")
-            lines.append(f"| {ANALYSIS_LABELS.get(n, n)} | {_ms(t)} | {_r(a['images_per_s'][n], 2)} | {cell} |")
-        lines += ["", f"Both metric paths agree (energy max abs diff {a['energy_paths_max_abs_diff']:.1e}, "
-                  f"pointing game identical: {a['pointing_paths_agree']}).", ""]
-    if s.get("scaling"):
-        sc = s["scaling"]
-        lines += [f"## 6. Scaling with image size and batch ({sc['backbone']})", "",
-                  "| px | batch | tokens | plain ms | recording ms | overhead | plain peak MiB | recording extra MiB | "
-                  "AttentionExtract extra MiB |", "|---|---|---|---|---|---|---|---|---|"]
-        for r in sc["rows"]:
-            kind = "" if r["peer_extra_kind"] == "measured" else " (est.)"
-            cpu = f" ({_r(r['cpu_ratio'], 3)})" if r.get("cpu_ratio") is not None else ""
-            pc = f" ({_r(r['plain_cpu_ms'], 0)})" if r.get("plain_cpu_ms") is not None else ""
-            rc = f" ({_r(r['record_cpu_ms'], 0)})" if r.get("record_cpu_ms") is not None else ""
-            lines.append(f"| {r['img_size']} | {r['batch']} | {r['tokens']} | {_r(r['plain_ms'], 0)}{pc} | "
-                         f"{_r(r['record_ms'], 0)}{rc} | {_r(r['ratio'], 3)}{cpu} | {_mb(r['plain_peak_bytes'])} | "
-                         f"{_mb(r['record_extra_bytes'])} | {_mb(r['peer_extra_bytes'])}{kind} |")
-        lines += ["", "(est.) = L·B·H·N²·4 bytes, the full matrices AttentionExtract keeps, where measuring would "
-                  "allocate more than the configured limit.", ""]
-        if plot_name:
-            lines += [f"![scaling]({plot_name})", ""]
+    for section in (_targets_section, _recording_section, _peer_section, _toast_section, _training_section,
+                    _analysis_section):
+        lines += section(results)
+    lines += _scaling_section(results, plot_name)
     return "\n".join(lines)
+
+
+def _targets_section(results: dict) -> list[str]:
+    lines = []
+    if not results.get("targets"):
+        return lines
+    basis = timing_basis(results)
+    lines += ["## Targets", "",
+              f"Timing targets are decided by the {'process CPU time' if basis == 'cpu' else 'wall-clock'} "
+              "paired ratio" + (" (one torch thread on a shared CPU: the work done; wall-clock also "
+                                "measures the other processes)." if basis == "cpu" else "."), "",
+              "| target | backbone | decides | wall-clock | CPU time | limit | met |",
+              "|---|---|---|---|---|---|---|"]
+    for t in results["targets"]:
+        met = {True: "yes", False: "**no**", None: "—"}[t["met"]]
+        lines.append(f"| {t['target']} | {t['backbone']} | {_r(t['value'], 3)} | {_r(t.get('value_wall', t['value']), 3)} | "
+                     f"{_r(t.get('value_cpu'), 3)} | {t['direction']} {t['limit']} | {met} |")
+    lines.append("")
+    return lines
+
+
+def _recording_section(results: dict) -> list[str]:
+    s, lines = results["sections"], []
+    if not s.get("record"):
+        return lines
+    lines += ["## 1. Recording all layers' CLS maps vs the plain forward (fused attention)", "",
+              "| backbone | batch | tokens | plain ms | recording ms | recording / plain | CLS maps only / plain | "
+              "timm forward ms | timm forward / plain (same work) | GFLOP/image | achieved TFLOP/s | images/s (plain) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in s["record"]:
+        t = r["times"]
+        share = f" ({100 * r['peak_share']:.1f} % of peak)" if "peak_share" in r else ""
+        lines.append(f"| {r['backbone']} | {r['batch']} | {r['tokens']} | {_ms(t['plain'])} | "
+                     f"{_ms(t['record'])} | {_ratio_cell(t['record'])} | "
+                     f"{_ratio_cell(t['record_cls']) if 'record_cls' in t else '—'} | {_ms(t['timm_forward'])} | "
+                     f"{_ratio_cell(t['timm_forward'])} | {_r(r['forward_gflop'] / r['batch'], 2)} | "
+                     f"{_r(r['achieved_tflops'], 4)}{share} | {_r(r['images_per_s_plain'], 2)} |")
+    for r in s["record"]:
+        prof = r.get("profile")
+        if not prof:
+            continue
+        pl, rc = prof["plain"], prof["record"]
+        lines += ["", f"Profile of {r['backbone']} (torch.profiler, per call; {pl['op_kind']}):", "",
+                  "| variant | host time to issue ms | operator time ms | ATen calls |", "|---|---|---|---|"]
+        for n, d in prof.items():
+            lines.append(f"| {n} | {_r(d['issue_ms'], 3)} | {_r(d['op_ms'], 3)} | {d['aten_calls']:.0f} |")
+        pl_top = {k: v for k, v, _ in pl["top"]}
+        extra = [f"`{k}` {v:.3f} ms" + (f" (plain {pl_top[k]:.3f})" if k in pl_top else "")
+                 for k, v, _ in rc["top"][:8]]
+        lines += ["", "Costliest operators when recording: " + "; ".join(extra) + "."]
+    lines += ["", "recording = `extract_attention(model, x)`: per-head CLS rows of every layer (head-averaged maps, "
+              "prefix mass) and every block's output-token norms; CLS maps only = the same with "
+              "`token_norm=False`. "
+              "timm forward = `model.vit(x)`, timm's own forward of the same modules: the same work as "
+              "the plain forward, so its ratio shows how much the timing noise alone moves a ratio. "
+              "GFLOP counted analytically (2·weights·tokens + 4·N²·C per block); FlopCounterMode "
+              f"(+ attention where it cannot see SDPA) gives {_r(s['record'][0]['forward_gflop_counted'] / s['record'][0]['batch'], 2)} "
+              f"for the first backbone.", ""]
+    return lines
+
+
+def _peer_section(results: dict) -> list[str]:
+    s, lines = results["sections"], []
+    if not s.get("peer"):
+        return lines
+    lines += ["## 2. This project vs timm `AttentionExtract` (same maps)", "",
+              "| backbone | batch | ours ms | peer fx ms | peer hooks ms | ours / fx | ours / hooks | "
+              "plain peak MiB | extra: ours | extra: fx | extra: hooks | memory ours / fx | "
+              "RSS extra ours / fx MiB | max abs diff |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in s["peer"]:
+        t, pk, ex = r["times"], r["peak_bytes"], r["extra_bytes"]
+        rss = r.get("rss_extra_bytes")
+        rss_s = f"{_mb(rss['ours'])} / {_mb(rss['peer'])}" if rss else "—"
+        hooks_cpu = f" ({_r(r.get('cpu_ratio_vs_hooks'), 3)})" if r.get("cpu_ratio_vs_hooks") else ""
+        lines.append(f"| {r['backbone']} | {r['batch']} | {_ms(t['ours'])} | {_ms(t['peer'])} | "
+                     f"{_ms(t['peer_hooks'])} | {_ratio_cell(t['ours'])} | {_r(r['time_ratio_vs_hooks'], 3)}{hooks_cpu} | "
+                     f"{_mb(pk['plain'])} | {_mb(ex['ours'])} | {_mb(ex['peer'])} | {_mb(ex.get('peer_hooks'))} | "
+                     f"{_r(r['memory_ratio'], 4)} | {rss_s} | {r['maps_max_abs_diff']:.1e} |")
+    lines += ["", f"Memory: {s['peer'][0]['memory_method']}; extra = peak of the variant − peak of the plain "
+              "fused forward of the same model and batch (MiB). The fx peer is AttentionExtract's default: "
+              "its traced graph drops what no softmax output depends on (the last block's MLP, the head), so "
+              "it returns maps without a prediction; the hooks peer and this project run the whole forward.", ""]
+    return lines
+
+
+def _toast_section(results: dict) -> list[str]:
+    s, lines = results["sections"], []
+    if not s.get("toast"):
+        return lines
+    lines += ["## 3. TOAST inference vs a single pass of the same backbone", "",
+              "| backbone | batch | single ms | TOAST ms | TOAST-Lite ms | TOAST / single | Lite / single | "
+              "FLOP ratio TOAST | FLOP ratio Lite |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in s["toast"]:
+        t = r["times"]
+        lines.append(f"| {r['backbone']} | {r['batch']} | {_ms(t['single'])} | {_ms(t['toast'])} | "
+                     f"{_ms(t['toast-lite'])} | {_ratio_cell(t['toast'])} | {_ratio_cell(t['toast-lite'])} | "
+                     f"{_r(r['flop_ratio'], 3)} | {_r(r['flop_ratio_lite'], 3)} |")
+    lines.append("")
+    return lines
+
+
+def _training_section(results: dict) -> list[str]:
+    s, lines = results["sections"], []
+    if not s.get("train"):
+        return lines
+    lines += ["## 4. One training step (forward, backward, AdamW) vs full fine-tuning", ""]
+    for r in s["train"]:
+        lines += [f"{r['backbone']}, batch {r['batch']}:", "",
+                  "| method | trainable params | step ms | vs full fine-tuning |", "|---|---|---|---|"]
+        for n, t in r["times"].items():
+            tp = r["trainable"].get(n.split(":")[0])
+            ratio = _ratio_cell(t) if n != "finetune" else "1"
+            lines.append(f"| {n} | {tp:,} | {_ms(t)} | {ratio} |")
+        lines.append("")
+    return lines
+
+
+def _analysis_section(results: dict) -> list[str]:
+    s, lines = results["sections"], []
+    if not s.get("analysis"):
+        return lines
+    a = s["analysis"]
+    lines += ["## 5. Batch analysis throughput", "",
+              f"{a['backbone']}, batch {a['batch']}, random box masks; maps of every layer, then "
+              "`toast_core.analysis` (per-image geometry + energy, pointing game, IoU, AUC, entropy of all "
+              "maps at once) or the per-map functions of `toast_core/analysis/metrics.py` (energy_in_mask + pointing_game "
+              "per map).", "",
+              "| variant | ms per batch | images/s | throughput vs plain inference |", "|---|---|---|---|"]
+    for n, t in a["times"].items():
+        ratio = a["throughput_ratio"].get(n, 1.0)
+        cpu = a.get("cpu_throughput_ratio", {}).get(n)
+        cell = _r(ratio, 3) + (f" ({_r(cpu, 3)})" if cpu is not None else "")
+        lines.append(f"| {ANALYSIS_LABELS.get(n, n)} | {_ms(t)} | {_r(a['images_per_s'][n], 2)} | {cell} |")
+    lines += ["", f"Both metric paths agree (energy max abs diff {a['energy_paths_max_abs_diff']:.1e}, "
+              f"pointing game identical: {a['pointing_paths_agree']}).", ""]
+    return lines
+
+
+def _scaling_section(results: dict, plot_name: Optional[str]) -> list[str]:
+    s, lines = results["sections"], []
+    if not s.get("scaling"):
+        return lines
+    sc = s["scaling"]
+    lines += [f"## 6. Scaling with image size and batch ({sc['backbone']})", "",
+              "| px | batch | tokens | plain ms | recording ms | overhead | plain peak MiB | recording extra MiB | "
+              "AttentionExtract extra MiB |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in sc["rows"]:
+        kind = "" if r["peer_extra_kind"] == "measured" else " (est.)"
+        cpu = f" ({_r(r['cpu_ratio'], 3)})" if r.get("cpu_ratio") is not None else ""
+        pc = f" ({_r(r['plain_cpu_ms'], 0)})" if r.get("plain_cpu_ms") is not None else ""
+        rc = f" ({_r(r['record_cpu_ms'], 0)})" if r.get("record_cpu_ms") is not None else ""
+        lines.append(f"| {r['img_size']} | {r['batch']} | {r['tokens']} | {_r(r['plain_ms'], 0)}{pc} | "
+                     f"{_r(r['record_ms'], 0)}{rc} | {_r(r['ratio'], 3)}{cpu} | {_mb(r['plain_peak_bytes'])} | "
+                     f"{_mb(r['record_extra_bytes'])} | {_mb(r['peer_extra_bytes'])}{kind} |")
+    lines += ["", "(est.) = L·B·H·N²·4 bytes, the full matrices AttentionExtract keeps, where measuring would "
+              "allocate more than the configured limit.", ""]
+    if plot_name:
+        lines += [f"![scaling]({plot_name})", ""]
+    return lines
 
 
 def format_summary(results: dict) -> str:

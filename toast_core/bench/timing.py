@@ -7,22 +7,13 @@ import platform
 import re
 import statistics
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import torch
 
-from ..errors import InputError
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for but torch sees no CUDA device")
-    return dev
-
+from ..device import autocast, resolve_device  # noqa: F401 (resolve_device: the one resolver, used by the bench)
 
 def machine_info(device: torch.device) -> dict:
     """CPU model, cores, torch threads, GPU name, versions and load: what the absolute figures mean."""
@@ -187,6 +178,4 @@ def _quiet_profiler() -> Iterator[None]:
 
 
 def _autocast(device: torch.device, dtype: str):
-    if dtype == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
+    return autocast(device, dtype == "bf16")

@@ -34,7 +34,7 @@ def run(args) -> int:
     torch.set_num_threads(args.threads or auto_threads())
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     from ..demo import plan_for
-    from ..training.trainer import resolve_device
+    from ..device import resolve_device
 
     plan = plan_for(resolve_device(args.device), args.quick, args.plan) if args.plan else None
     if args.background:

@@ -10,9 +10,8 @@ from .demo_task import (
     generate_demo_task,
     is_valid_demo_task,
     load_manifest,
-    task_statistics,
-    write_demo_samples,
 )
+from .demo_samples import task_statistics, write_demo_samples
 from .shapes import SHAPE_NAMES
 
 __all__ = [

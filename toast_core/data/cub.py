@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
-from ..analysis.metrics import box_to_mask
-from .masked_dataset import IMAGENET_MEAN, IMAGENET_STD
+from .boxes import box_to_mask
+from ..io.images import IMAGENET_MEAN, IMAGENET_STD
 
 REQUIRED = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt")
 

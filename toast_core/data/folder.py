@@ -26,10 +26,9 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
+from ..io.images import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _list_split(root: Path, split: str) -> tuple[list[str], list[tuple[str, str]]]:
@@ -121,7 +120,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 return m
         boxes = self.boxes.get(rel)
         if boxes:
-            from ..analysis.metrics import box_to_mask
+            from .boxes import box_to_mask
 
             w, h = size
             m = np.zeros((h, w), dtype=bool)

@@ -10,10 +10,9 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
+from ..io.images import IMAGENET_MEAN, IMAGENET_STD
 from .demo_task import SPLITS, load_manifest
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 PairTransform = Callable[[Image.Image, Image.Image], "tuple[Image.Image, Image.Image]"]
 

@@ -1,82 +1,94 @@
-"""Real photographs that ship inside PyPI wheels and load without any download.
+"""Real photographs that ship inside PyPI wheels and load without any download: one table for the demo
+task's backgrounds and TOAST's generic pre-tuning crops.
 
-They serve as backgrounds of the demo task. Only images stored in the wheels themselves are used
-(scikit-image's bundled subset, scikit-learn's two sample JPEGs, matplotlib's sample photo); the
+Only images stored in the wheels themselves are used (scikit-image's bundled subset, scikit-learn's two
+sample JPEGs, matplotlib's sample photo), read as files from the installed package folders; the
 scikit-image images fetched through ``pooch`` are deliberately absent because they fail offline.
 """
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from ..errors import InputError
 
 
 @dataclass(frozen=True)
 class PhotoSource:
-    """One background photograph.
+    """One photograph inside an installed package.
 
     Attributes:
-        name: short identifier stored in the manifest.
+        name: short identifier (stored in the demo task's manifest; the pre-tuning class name).
         package: the PyPI distribution that ships the file.
         licence: licence / copyright status as stated by the shipping package.
-        load: returns the image as uint8 (H, W, 3).
+        module: the import name whose installed folder holds the file (read directly: the package is
+            never imported, nothing is downloaded).
+        file: the path inside that folder.
     """
 
     name: str
     package: str
     licence: str
-    load: Callable[[], np.ndarray]
+    module: str
+    file: str
+
+    def path(self) -> Path:
+        try:
+            spec = importlib.util.find_spec(self.module)
+        except (ImportError, ValueError):
+            spec = None
+        locations = list(spec.submodule_search_locations or []) if spec is not None else []
+        if not locations:
+            raise InputError(f"photo {self.name!r} needs the package {self.package!r}, which is not installed")
+        path = Path(locations[0]) / self.file
+        if not path.is_file():
+            raise InputError(f"{path} is missing from the installed {self.package!r}; reinstall it")
+        return path
 
 
-def _skimage(name: str) -> Callable[[], np.ndarray]:
-    def load() -> np.ndarray:
-        import skimage.data
-
-        return getattr(skimage.data, name)()
-
-    return load
+def _skimage(name: str, file: str, licence: str = "scikit-image sample data") -> PhotoSource:
+    return PhotoSource(name, "scikit-image", licence, "skimage", f"data/{file}")
 
 
-def _sklearn(filename: str) -> Callable[[], np.ndarray]:
-    def load() -> np.ndarray:
-        from sklearn.datasets import load_sample_image
-
-        return load_sample_image(filename)
-
-    return load
-
-
-def _matplotlib(filename: str) -> Callable[[], np.ndarray]:
-    def load() -> np.ndarray:
-        import matplotlib.cbook
-        from PIL import Image
-
-        with Image.open(matplotlib.cbook.get_sample_data(filename, asfileobj=False)) as im:
-            return np.asarray(im.convert("RGB"))
-
-    return load
-
-
-PHOTO_SOURCES: tuple[PhotoSource, ...] = (
-    PhotoSource("astronaut", "scikit-image", "public domain (NASA)", _skimage("astronaut")),
-    PhotoSource("chelsea", "scikit-image", "CC0 (Stefan van der Walt)", _skimage("chelsea")),
-    PhotoSource("coffee", "scikit-image", "CC0 (Rachel Michetti)", _skimage("coffee")),
-    PhotoSource("rocket", "scikit-image", "public domain (SpaceX)", _skimage("rocket")),
-    PhotoSource("camera", "scikit-image", "CC0 (Lav Varshney)", _skimage("camera")),
-    PhotoSource("coins", "scikit-image", "no known copyright restrictions (Brooklyn Museum)", _skimage("coins")),
-    PhotoSource("grass", "scikit-image", "CC0", _skimage("grass")),
-    PhotoSource("gravel", "scikit-image", "CC0 (CC0Textures)", _skimage("gravel")),
-    PhotoSource("brick", "scikit-image", "CC0 (CC0Textures)", _skimage("brick")),
-    PhotoSource("china", "scikit-learn", "CC BY 2.0 (danielbuechele, Flickr)", _sklearn("china.jpg")),
-    PhotoSource("flower", "scikit-learn", "CC BY 2.0 (vultilion, Flickr)", _sklearn("flower.jpg")),
-    PhotoSource("grace_hopper", "matplotlib", "public domain (US Navy)", _matplotlib("grace_hopper.jpg")),
+#: Every photograph the library uses: the demo task's backgrounds and TOAST's generic pre-tuning crops.
+PHOTOS: tuple[PhotoSource, ...] = (
+    _skimage("astronaut", "astronaut.png", "public domain (NASA)"),
+    _skimage("chelsea", "chelsea.png", "CC0 (Stefan van der Walt)"),
+    _skimage("coffee", "coffee.png", "CC0 (Rachel Michetti)"),
+    _skimage("rocket", "rocket.jpg", "public domain (SpaceX)"),
+    _skimage("camera", "camera.png", "CC0 (Lav Varshney)"),
+    _skimage("coins", "coins.png", "no known copyright restrictions (Brooklyn Museum)"),
+    _skimage("grass", "grass.png", "CC0"),
+    _skimage("gravel", "gravel.png", "CC0 (CC0Textures)"),
+    _skimage("brick", "brick.png", "CC0 (CC0Textures)"),
+    PhotoSource("china", "scikit-learn", "CC BY 2.0 (danielbuechele, Flickr)", "sklearn", "datasets/images/china.jpg"),
+    PhotoSource("flower", "scikit-learn", "CC BY 2.0 (vultilion, Flickr)", "sklearn", "datasets/images/flower.jpg"),
+    PhotoSource("grace_hopper", "matplotlib", "public domain (US Navy)", "matplotlib",
+                "mpl-data/sample_data/grace_hopper.jpg"),
+    _skimage("hubble_deep_field", "hubble_deep_field.jpg"),
+    _skimage("immunohistochemistry", "ihc.png"),
+    _skimage("moon", "moon.png"),
+    _skimage("page", "page.png"),
+    _skimage("retina", "retina.jpg"),
+    _skimage("text", "text.png"),
+    _skimage("cell", "cell.png"),
+    _skimage("clock", "clock_motion.png"),
+    _skimage("motorcycle", "motorcycle_left.png"),
 )
+#: The demo task's backgrounds, in the order its generator draws them.
+PHOTO_SOURCES: tuple[PhotoSource, ...] = PHOTOS[:12]
 PHOTO_NAMES: tuple[str, ...] = tuple(p.name for p in PHOTO_SOURCES)
+#: TOAST's generic pre-tuning photos, in label order (the class of a crop is its photograph).
+GENERIC_PHOTO_NAMES: tuple[str, ...] = (
+    "astronaut", "camera", "chelsea", "coffee", "coins", "hubble_deep_field", "immunohistochemistry", "moon",
+    "page", "retina", "rocket", "text", "grass", "gravel", "brick", "cell", "clock", "motorcycle",
+    "china", "flower", "grace_hopper")
 
 
 @lru_cache(maxsize=None)
@@ -86,20 +98,16 @@ def load_photo(name: str) -> np.ndarray:
     Raises:
         InputError: unknown name, or the shipping package is missing / cannot provide the file.
     """
-    by_name = {p.name: p for p in PHOTO_SOURCES}
+    by_name = {p.name: p for p in PHOTOS}
     if name not in by_name:
-        raise InputError(f"unknown background photo {name!r}; known: {', '.join(PHOTO_NAMES)}")
-    src = by_name[name]
+        raise InputError(f"unknown photo {name!r}; known: {', '.join(by_name)}")
+    path = by_name[name].path()
     try:
-        img = np.asarray(src.load())
-    except Exception as exc:  # ImportError, missing file, a pooch download attempt
-        raise InputError(
-            f"background photo {name!r} could not be loaded from the {src.package} package "
-            f"({type(exc).__name__}: {exc}); install {src.package} (see requirements.txt)"
-        ) from exc
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    img = np.ascontiguousarray(img[:, :, :3].astype(np.uint8))
+        with Image.open(path) as im:
+            img = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except OSError as exc:
+        raise InputError(f"photo {name!r} ({path}) could not be read: {exc}") from exc
+    img = np.ascontiguousarray(img)
     img.setflags(write=False)
     return img
 

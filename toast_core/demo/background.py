@@ -103,7 +103,7 @@ def pending_methods(out: Optional[str | os.PathLike] = None, quick: bool = False
     """The plan's methods without a complete checkpoint in ``out`` (default: the demo directory)."""
     from ..io.checkpoints import is_complete_checkpoint
     from . import plan_for
-    from ..training.trainer import resolve_device
+    from ..device import resolve_device
 
     root = _out(out, quick)
     plan = plan_for(resolve_device(device), quick)
@@ -346,7 +346,7 @@ def run(out: Path, methods: list[str], quick: bool, device: str, lock_fd: Option
 
         from . import plan_for, prepare_demo
         from ..errors import TrainingStopped
-        from ..training.trainer import resolve_device
+        from ..device import resolve_device
 
         torch.set_num_threads(os.cpu_count() or 1)
         plan = plan_for(resolve_device(device), quick)

@@ -18,9 +18,8 @@ A training-state file (``last.safetensors``: trainable parameters, optimizer sta
 and step) lets :func:`toast_core.training.trainer.train` resume an interrupted run.
 
 Writes go to a temporary file that is renamed over the target (``os.replace``), so a reader, or a
-run killed mid-write, sees the previous file or the new one, never a torn one. Setting
-``TOAST_CKPT_PAUSE_BEFORE_RENAME="SECONDS[:N]"`` pauses between writing the temporary file and the
-rename (at every write, or only the N-th of the process); tests use it to kill a run mid-write.
+run killed mid-write, sees the previous file or the new one, never a torn one (tests kill a run between
+the two through the :data:`before_rename` seam).
 """
 from __future__ import annotations
 
@@ -28,16 +27,16 @@ import hashlib
 import json
 import os
 import random
-import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 import torch
 
 from ..cache import atomic_write_bytes, sha256_file
 from ..errors import CheckpointError
+from .jsonable import json_default
 from .safe_io import describe_state_diff, load_state_dict, read_safetensors_metadata, save_state_dict
 
 FORMAT = "toast-core-checkpoint"
@@ -47,38 +46,26 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 STATE_NAME = "last.safetensors"
 META_KEY = "toast_core"
-PAUSE_ENV = "TOAST_CKPT_PAUSE_BEFORE_RENAME"
 MAX_CHECKPOINT_BYTES = 4 * 2**30
 
-_write_count = 0
+#: Called with the destination just before every checkpoint write renames its temporary file into place
+#: (None: nothing). A seam for tests that interrupt a write on purpose (``tests/pause_writes.py``); the
+#: library never sets it.
+before_rename: Optional[Callable[[Path], None]] = None
 
 
 # ------------------------------------------------------------------------------------------------
 # Atomic safetensors writing
 # ------------------------------------------------------------------------------------------------
 
-def _pause_hook(path: Path) -> None:
-    """Test hook: sleep between the temporary write and the rename when ``PAUSE_ENV`` asks for it."""
-    global _write_count
-    _write_count += 1
-    spec = os.environ.get(PAUSE_ENV)
-    if not spec:
-        return
-    seconds, _, nth = spec.partition(":")
-    if nth and int(nth) != _write_count:
-        return
-    print(f"toast_core: write #{_write_count} paused before renaming onto {path}", file=sys.stderr, flush=True)
-    time.sleep(float(seconds))
-
-
 def atomic_save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
                             metadata: Optional[dict[str, str]] = None) -> Path:
     """Write ``tensors`` as safetensors to ``path`` atomically (temporary file, fsync, rename).
 
-    :func:`toast_core.io.safe_io.save_state_dict` with this module's test hook (``PAUSE_ENV``) before the
-    rename, so every checkpoint write can be interrupted on purpose.
+    :func:`toast_core.io.safe_io.save_state_dict` calling :data:`before_rename` (when set) before the
+    rename, so a test can interrupt any checkpoint write on purpose.
     """
-    return save_state_dict(tensors, path, metadata, before_rename=_pause_hook)
+    return save_state_dict(tensors, path, metadata, before_rename=before_rename)
 
 
 def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
@@ -248,21 +235,7 @@ def build_config(model, meta: Optional[dict] = None, full: Optional[bool] = None
         if k in ("format", "format_version", "method", "backbone", "num_classes", "saved"):
             raise CheckpointError(f"meta may not override '{k}'")
         cfg[k] = v
-    return json.loads(json.dumps(cfg, default=_json_default))
-
-
-def _json_default(obj):
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, tuple):
-        return list(obj)
-    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
-        return obj.item()
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+    return json.loads(json.dumps(cfg, default=json_default))
 
 
 def save_checkpoint(model, path: str | os.PathLike, meta: Optional[dict] = None) -> Path:
@@ -560,7 +533,7 @@ def save_training_state(path: str | os.PathLike, model, optimizer: torch.optim.O
             "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars,
                           "state_ids": sorted(int(i) for i in opt["state"])},
             "rng": rng_meta}
-    text = json.dumps(meta, default=_json_default)
+    text = json.dumps(meta, default=json_default)
     return atomic_save_safetensors(tensors, path, metadata={META_KEY: text})
 
 

@@ -25,6 +25,10 @@ from PIL import TiffImagePlugin, WebPImagePlugin  # noqa: F401  (registers the d
 
 from ..errors import InputError
 
+#: ImageNet normalisation: the default where no model data config is at hand.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 #: Formats handed to a decoder (PIL format names; JPEG includes MPO, the multi-picture JPEG of phones).
 SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 _SUPPORTED_TEXT = "JPEG, PNG, WebP, BMP, TIFF, GIF"
@@ -224,8 +228,8 @@ def load_image(
 def image_to_tensor(
     img: Image.Image,
     size: int | tuple[int, int],
-    mean: Sequence[float] = (0.485, 0.456, 0.406),
-    std: Sequence[float] = (0.229, 0.224, 0.225),
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
 ):
     """Resize an RGB image to ``size`` (the whole image, no crop) and normalise it.
 

@@ -86,6 +86,9 @@ class TransferModel(nn.Module):
     method_name: ClassVar[str] = ""
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     backbone_frozen: ClassVar[bool] = True
+    #: Capability: a bottom-up pass, then a top-down pass steered by it (TOAST). Such a model's
+    #: ``forward`` accepts ``td_scale`` and ``xi``, and it offers ``first_pass_tokens`` and ``token_at``.
+    has_top_down: ClassVar[bool] = False
 
     def __init__(self, vit: nn.Module, config: Optional[MethodConfig] = None):
         super().__init__()

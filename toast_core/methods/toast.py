@@ -120,6 +120,7 @@ def reconstruction_loss(block_io: list, decoders: nn.ModuleList, weight: float =
 class _TOASTBase(TransferModel):
     Config = TOASTConfig
     lite: bool = False
+    has_top_down = True
 
     def setup(self) -> None:
         dim = self.vit.embed_dim

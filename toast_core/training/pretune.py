@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -26,58 +25,19 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..data.photos import GENERIC_PHOTO_NAMES, load_photo
 from ..errors import CheckpointError, InputError
+from ..io.images import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-#: name -> (package, file inside the installed package) of the generic photographs. The files are read
-#: directly (no import of the packages, no download).
-GENERIC_PHOTOS: dict[str, tuple[str, str]] = {
-    **{n: ("skimage", f"data/{f}") for n, f in (
-        ("astronaut", "astronaut.png"), ("camera", "camera.png"), ("cat", "chelsea.png"), ("coffee", "coffee.png"),
-        ("coins", "coins.png"), ("hubble_deep_field", "hubble_deep_field.jpg"), ("immunohistochemistry", "ihc.png"),
-        ("moon", "moon.png"), ("page", "page.png"), ("retina", "retina.jpg"), ("rocket", "rocket.jpg"),
-        ("text", "text.png"), ("grass", "grass.png"), ("gravel", "gravel.png"), ("brick", "brick.png"),
-        ("cell", "cell.png"), ("clock", "clock_motion.png"), ("motorcycle", "motorcycle_left.png"))},
-    "china": ("sklearn", "datasets/images/china.jpg"), "flower": ("sklearn", "datasets/images/flower.jpg"),
-    "grace_hopper": ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
-}
-
-
-def _package_file(package: str, rel: str) -> Path:
-    import importlib.util
-
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        spec = None
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    if not locations:
-        raise InputError(f"the generic pre-tuning photos need the package {package!r}, which is not installed")
-    path = Path(locations[0]) / rel
-    if not path.is_file():
-        raise InputError(f"{path} is missing from the installed {package!r}; reinstall it")
-    return path
-
-
-@lru_cache(maxsize=None)
-def _photo(name: str) -> Image.Image:
-    if name not in GENERIC_PHOTOS:
-        raise InputError(f"unknown generic photo {name!r}")
-    path = _package_file(*GENERIC_PHOTOS[name])
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except OSError as e:
-        raise InputError(f"generic photo {name!r} ({path}) could not be read: {e}") from e
+#: The generic photographs, in label order (:mod:`toast_core.data.photos`: read from installed packages,
+#: no download).
+GENERIC_PHOTOS: tuple[str, ...] = GENERIC_PHOTO_NAMES
 
 
 def generic_crop(name: str, rng: np.random.Generator, size: int) -> np.ndarray:
     """One random crop of photo ``name``: 10–60 % of the area, aspect 3/4–4/3, flip, brightness and
     contrast jitter. Returns uint8 (size, size, 3)."""
-    photo = _photo(name)
+    photo = Image.fromarray(load_photo(name))
     w, h = photo.size
     area = rng.uniform(0.10, 0.60) * w * h
     aspect = float(np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3))))

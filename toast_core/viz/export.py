@@ -24,12 +24,12 @@ import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
-from pathlib import PurePath
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
+from ..io.jsonable import json_default
 from .render import check_image, check_map, color_scale, overlay
 
 SCALES = ("shared", "per-panel", "signed")
@@ -250,18 +250,6 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (PurePath, datetime)):
-        return str(obj)
-    if isinstance(obj, (set, frozenset, tuple)):
-        return list(obj)
-    raise InputError(f"manifest value of type {type(obj).__name__} cannot be written as JSON")
-
-
 def export_bundle(spec: FigureSpec, maps_meta: dict | None = None, manifest: dict | None = None) -> bytes:
     """Zip everything needed to check and redraw a figure.
 
@@ -312,7 +300,7 @@ def export_bundle(spec: FigureSpec, maps_meta: dict | None = None, manifest: dic
         "maps_meta": maps_meta or {},
         "provenance": manifest or {},
     }
-    text = json.dumps(doc, indent=2, default=_json_default, allow_nan=False)
+    text = json.dumps(doc, indent=2, default=json_default, allow_nan=False)
     fig = build_figure(spec)
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as z:

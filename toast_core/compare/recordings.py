@@ -1,0 +1,156 @@
+"""One forward pass per model, image and steering setting, cached; every map is derived from it."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..cache import LRU
+from ..device import autocast
+from ..errors import InputError
+from ..maps import ATTENTION_KINDS, compute_map, integrated_gradients
+from ..recording import AttentionResult, extract_attention
+from .entries import ModelEntry
+from .images import image_id, preprocess
+
+RECORDINGS = LRU(int(os.environ.get("TOAST_RECORDING_CACHE", "48")))
+
+
+ATTRIBUTIONS = LRU(int(os.environ.get("TOAST_ATTRIBUTION_CACHE", "16")))
+
+
+@dataclass(frozen=True, eq=False)
+class Recording:
+    """What one model did on one image: attention of every layer/head/pass and the class probabilities.
+
+    Attributes:
+        result: the :class:`AttentionResult` (batch of 1); ``full`` holds head-averaged matrices
+            ``{pass: (L, 1, 1, N, N)}`` (enough for rollout, 1/H of the memory).
+        probs: (classes,) softmax of the logits.
+        td_scale, xi_patch: the steering setting it was recorded with (TOAST only).
+    """
+
+    result: AttentionResult
+    probs: np.ndarray
+    td_scale: float = 1.0
+    xi_patch: Optional[tuple[int, int]] = None
+
+    @property
+    def passes(self) -> tuple[str, ...]:
+        return self.result.passes
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.result.cls[self.result.passes[0]].shape[0])
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.result.grid)
+
+
+def _steering_kwargs(entry: ModelEntry, x: torch.Tensor, td_scale: float,
+                     xi_patch: Optional[tuple[int, int]]) -> dict:
+    if not entry.is_toast:
+        if td_scale != 1.0 or xi_patch is not None:
+            raise InputError(f"{entry.name} ({entry.method}) has no top-down pass to steer")
+        return {}
+    kwargs: dict = {}
+    if td_scale != 1.0:
+        kwargs["td_scale"] = float(td_scale)
+    if xi_patch is not None:
+        try:
+            kwargs["xi"] = entry.model.token_at(x, int(xi_patch[0]), int(xi_patch[1]))
+        except ValueError as e:
+            raise InputError(str(e)) from None
+    return kwargs
+
+
+def _run(entry: ModelEntry, image: Image.Image, td_scale: float, xi_patch) -> Recording:
+    with torch.inference_mode(), autocast(entry.device):
+        x = preprocess(entry, image)
+        kwargs = _steering_kwargs(entry, x, td_scale, xi_patch)
+        res = extract_attention(entry.model, x, full=True, forward_kwargs=kwargs)
+        slim = {p: f.float().mean(dim=2, keepdim=True) for p, f in (res.full or {}).items()}  # (L,1,1,N,N)
+        res = dataclasses.replace(res, full=slim, logits=res.logits.float())
+        probs = res.logits.softmax(dim=-1)[0].cpu().numpy().astype(np.float64)
+    return Recording(res, probs, float(td_scale), None if xi_patch is None else tuple(int(v) for v in xi_patch))
+
+
+def record(entry: ModelEntry, image: Image.Image, *, image_key: Optional[str] = None, td_scale: float = 1.0,
+           xi_patch: Optional[tuple[int, int]] = None) -> Recording:
+    """The model's :class:`Recording` on ``image`` (cached per model key, image, td_scale, ξ patch).
+
+    Args:
+        image: an RGB PIL image (any size; see :func:`working_copy`).
+        image_key: the image's :func:`image_id` if already known (saves hashing it again).
+        td_scale: TOAST only: scale of the top-down signal (0 = bottom-up, 1 = as trained).
+        xi_patch: TOAST only: ``(row, col)`` of the patch whose bottom-up token replaces ξ.
+    """
+    ik = image_key or image_id(image)
+    xp = None if xi_patch is None else (int(xi_patch[0]), int(xi_patch[1]))
+    key = (entry.key, entry.device, ik, round(float(td_scale), 6), xp)
+    return RECORDINGS.get_or_compute(key, lambda: _run(entry, image, float(td_scale), xp))
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy().astype(np.float64)
+
+
+def resolve_pass(rec: Recording, pass_name: Optional[str]) -> str:
+    """``None``/``"final"`` = the pass the prediction comes from; ``"first"`` = the first pass;
+    otherwise a recorded pass name (``"bottom-up"``, ``"top-down"``, ``"main"``)."""
+    if pass_name in (None, "final"):
+        return rec.result.final_pass
+    if pass_name == "first":
+        return rec.passes[0]
+    if pass_name not in rec.passes:
+        return rec.result.final_pass  # e.g. "bottom-up" asked of a single-pass model
+    return pass_name
+
+
+def map_of(rec: Recording, kind: str, layer: int = -1, head: Optional[int] = None,
+           pass_name: Optional[str] = None) -> np.ndarray:
+    """One attention-derived map (h, w) float64 from a recording (kinds: cls, rollout, token_norm)."""
+    if kind not in ATTENTION_KINDS:
+        raise InputError(f"map kind {kind!r} is not derived from attention; choose from {ATTENTION_KINDS}")
+    with torch.inference_mode():
+        m = compute_map(kind, rec.result, layer=layer, head=head if kind == "cls" else None,
+                        pass_name=resolve_pass(rec, pass_name))
+    return _to_numpy(m[0])
+
+
+def head_maps(rec: Recording, layer: int = -1, pass_name: Optional[str] = None) -> np.ndarray:
+    """Every head's CLS attention of one layer, (H, h, w)."""
+    return _to_numpy(rec.result.heads[resolve_pass(rec, pass_name)][layer][0])
+
+
+def attribution(entry: ModelEntry, image: Image.Image, *, image_key: Optional[str] = None, steps: int = 16,
+                td_scale: float = 1.0, xi_patch: Optional[tuple[int, int]] = None) -> np.ndarray:
+    """Integrated Gradients (captum) of the predicted class, per patch, (h, w). Cached; float32 always."""
+    ik = image_key or image_id(image)
+    xp = None if xi_patch is None else (int(xi_patch[0]), int(xi_patch[1]))
+    key = (entry.key, entry.device, ik, int(steps), round(float(td_scale), 6), xp)
+
+    def compute() -> np.ndarray:
+        with torch.inference_mode():
+            x = preprocess(entry, image)
+            kwargs = _steering_kwargs(entry, x, td_scale, xp)
+        x = x.clone()  # a normal tensor (inference tensors cannot take part in autograd)
+        kwargs = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in kwargs.items()}
+        m = integrated_gradients(entry.model, x, steps=int(steps), forward_kwargs=kwargs,
+                                 internal_batch_size=min(int(steps), 8))
+        return _to_numpy(m[0])
+
+    return ATTRIBUTIONS.get_or_compute(key, compute)
+
+
+def top_predictions(probs: np.ndarray, class_names: Sequence[str], k: int = 3) -> list[tuple[str, float]]:
+    """The ``k`` most probable classes as ``(label, probability)``, most probable first."""
+    order = np.argsort(-probs)[:k]
+    names = list(class_names)
+    return [(names[i] if i < len(names) else f"class {i}", float(probs[i])) for i in order]
