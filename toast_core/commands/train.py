@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from ..backbones import DEFAULT_BACKBONE
+from ..data.folder import load_datasets
 
 
 def add_common_training_arguments(parser: argparse.ArgumentParser, epochs: int = 10, lr: float = 1e-3) -> None:
@@ -110,32 +111,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.1, help="held out of train when there is no val/")
     parser.add_argument("--no-hflip", action="store_true", help="no horizontal-flip augmentation")
     add_common_training_arguments(parser)
-
-
-def load_datasets(data_dir: str, image_size: int, mean, std, hflip: bool, val_fraction: float, seed: int):
-    """(train, val, test-or-None, class names) for an ImageFolder directory or a demo-task directory."""
-    from ..data.folder import ImageFolderDataset
-
-    root = Path(data_dir).expanduser()
-    if (root / "manifest.json").is_file():
-        from ..data.masked_dataset import MaskedImageDataset, PairedAugment
-
-        tr = MaskedImageDataset(root, "train", image_size, mean, std, transform=PairedAugment() if hflip else None)
-        va = MaskedImageDataset(root, "val", image_size, mean, std)
-        te = MaskedImageDataset(root, "test", image_size, mean, std)
-        for ds in (tr, va, te):
-            ds.manifest_sha256 = _sha(root / "manifest.json")
-        return tr, (va if len(va) else None), (te if len(te) else None), tr.class_names
-    tr = ImageFolderDataset(root, "train", image_size, mean, std, hflip=hflip, val_fraction=val_fraction, seed=seed)
-    va = ImageFolderDataset(root, "val", image_size, mean, std, val_fraction=val_fraction, seed=seed)
-    te = ImageFolderDataset(root, "test", image_size, mean, std) if (root / "test").is_dir() else None
-    return tr, va, te, tr.class_names
-
-
-def _sha(path: Path) -> str:
-    from ..cache import sha256_file
-
-    return sha256_file(path)
 
 
 def run(args) -> int:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..cache import sha256_file
 from ..errors import InputError
 from ..io.images import IMAGENET_MEAN, IMAGENET_STD
 
@@ -182,3 +183,21 @@ def _read_boxes(root: Path) -> dict[str, list[list[float]]]:
                 raise InputError(f"{path}: box for {k} must be [x0, y0, x1, y1], got {b}")
         out[k] = [list(map(float, b)) for b in boxes]
     return out
+
+
+def load_datasets(data_dir: str, image_size: int, mean, std, hflip: bool, val_fraction: float, seed: int):
+    """(train, val, test-or-None, class names) for an ImageFolder directory or a demo-task directory."""
+    root = Path(data_dir).expanduser()
+    if (root / "manifest.json").is_file():
+        from .masked_dataset import MaskedImageDataset, PairedAugment
+
+        tr = MaskedImageDataset(root, "train", image_size, mean, std, transform=PairedAugment() if hflip else None)
+        va = MaskedImageDataset(root, "val", image_size, mean, std)
+        te = MaskedImageDataset(root, "test", image_size, mean, std)
+        for ds in (tr, va, te):
+            ds.manifest_sha256 = sha256_file(root / "manifest.json")
+        return tr, (va if len(va) else None), (te if len(te) else None), tr.class_names
+    tr = ImageFolderDataset(root, "train", image_size, mean, std, hflip=hflip, val_fraction=val_fraction, seed=seed)
+    va = ImageFolderDataset(root, "val", image_size, mean, std, val_fraction=val_fraction, seed=seed)
+    te = ImageFolderDataset(root, "test", image_size, mean, std) if (root / "test").is_dir() else None
+    return tr, va, te, tr.class_names

@@ -171,7 +171,7 @@ def list_runs(home: Optional[str | os.PathLike] = None) -> list[dict]:
 
 def load_data(spec: DatasetRunSpec):
     """(train, val, test-or-None, class names, mean, std) of the spec's folder at its input size."""
-    from ..commands.train import load_datasets
+    from ..data.folder import load_datasets
 
     mean, std = load_data_config(spec)
     tr, va, te, classes = load_datasets(spec.data, spec.image_size, mean, std, True, spec.val_fraction, spec.seed)
