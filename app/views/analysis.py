@@ -36,8 +36,9 @@ METRICS_HELP = (
     "hit**: the map's peak lies on the object (within 15 px at 224 px). **IoU**: the map thresholded at half "
     "its range against the mask. **AUC**: the map as a detector of object pixels (0.5 = chance). "
     "**Deletion / insertion AUC** (faithfulness, last layer's CLS map): see the ranking below. Accuracy is the model's, whatever "
-    "the map. Values are means over images with [95% bootstrap CI]; layers are counted from 0; "
-    "*(last)* = the last analysed layer, *(layer mean)* = averaged over the analysed layers.")
+    "the map. Values are means over images (the 95% bootstrap CIs with the switch above the table); layers "
+    "are counted from 1 in the plots, as on every page (the CSV files' `layer` column is the 0-based block "
+    "index); *(last)* = the last analysed layer, *(layer mean)* = averaged over the analysed layers.")
 
 
 def _default(key: str, value, valid=None) -> None:
@@ -162,7 +163,7 @@ def show(result) -> None:
             kind = st.radio("Show map kind", result.kinds, key="ana-view-kind", horizontal=True,
                             format_func=KIND_LABELS.get)
         with st.container(key="analysis-table"):
-            st.dataframe(result.headline[kind], hide_index=True, width="stretch")
+            headline_tables(result.headline[kind])
         st.caption(METRICS_HELP)
         plots = result.plots(kind)
         if "layers" in plots:
@@ -172,13 +173,41 @@ def show(result) -> None:
         else:
             st.caption("One layer analysed: no metric-vs-layer plot (choose all layers for it).")
         if "accuracy" in plots:
-            col, _ = st.columns([1, 1])
-            with col, st.container(key="analysis-plot-accuracy"):
+            with st.container(key="analysis-plot-accuracy", width=560):
                 st.image(result.files[plots["accuracy"] + ".png"],
                          caption="Accuracy against the energy on the task object (last layer; 95% CI bars)")
         if result.ranking:
             ranking(result)
         downloads(result)
+
+
+def headline_tables(records: list[dict]) -> None:
+    """The headline table in two narrow tables of means (last layer; layer means and the rest), so it
+    fits a 1024 px window; the switch shows the full table with 95% CIs instead."""
+    if st.toggle("with 95% CIs", key="ana-ci", help="The full table: mean [95% bootstrap CI] per column."):
+        st.dataframe(records, hide_index=True, width="stretch")
+        return
+    def mean(v):
+        return v.split(" [")[0] if isinstance(v, str) else v
+    last, rest = [], []
+    for r in records:
+        a, b = {"method": r["method"]}, {"method": r["method"]}
+        for k, v in r.items():
+            if k in ("method", "images"):
+                continue
+            if k == "accuracy" or k.endswith("(last)"):
+                a[k.replace(" (last)", "")] = mean(v)
+            else:
+                b[k.replace(" (layer mean)", "")] = mean(v)
+        last.append(a)
+        rest.append(b)
+    st.markdown(f"**Last analysed layer** · means over {records[0].get('images', '?')} images")
+    st.dataframe(last, hide_index=True, width="stretch")
+    if len(rest[0]) > 1:
+        st.markdown("**Averaged over the analysed layers**" + (" · and more" if any(
+            not k.endswith("(layer mean)") for k in records[0] if k not in ("method", "images", "accuracy")
+            and not k.endswith("(last)")) else ""))
+        st.dataframe(rest, hide_index=True, width="stretch")
 
 
 def ranking(result) -> None:
@@ -209,24 +238,20 @@ def downloads(result) -> None:
                   ("layer_average.csv", "layer_average.csv", "text/csv", "ana-dl-layer-average"),
                   ("faithfulness_ranking.csv", "faithfulness_ranking.csv", "text/csv", "ana-dl-faithfulness")]
         tables = [t for t in tables if t[0] in files]
-        cols = st.columns(len(tables) + 1)
-        for col, (name, label, mime, key) in zip(cols, tables):
-            if name in files:
-                col.download_button(label, files[name], file_name=name, mime=mime, key=key, on_click="ignore")
-        cols[-1].download_button("Everything (.zip)", result.zip_bytes, file_name="toast_analysis.zip",
-                                 mime="application/zip", key="ana-dl-zip", on_click="ignore", type="primary")
+        row = st.container(horizontal=True, gap="small")  # wraps: no label cut at 1024 px
+        for name, label, mime, key in tables:
+            row.download_button(label, files[name], file_name=name, mime=mime, key=key, on_click="ignore")
+        row.download_button("Everything (.zip)", result.zip_bytes, file_name="toast_analysis.zip",
+                            mime="application/zip", key="ana-dl-zip", on_click="ignore", type="primary")
         stems = [s for k in result.kinds for s in result.plots(k).values()]
         stems += ["faithfulness_ranking"] if "faithfulness_ranking.png" in files else []
-        if stems:
-            cols = st.columns(min(4, 2 * len(stems)))
-            i = 0
-            for stem in stems:
-                for fmt, mime in (("png", "image/png"), ("pdf", "application/pdf")):
-                    name = f"{stem}.{fmt}"
-                    if name in files:
-                        cols[i % len(cols)].download_button(name, files[name], file_name=name, mime=mime,
-                                                            key=f"ana-dl-{stem}-{fmt}", on_click="ignore")
-                        i += 1
+        row = st.container(horizontal=True, gap="small")
+        for stem in stems:
+            for fmt, mime in (("png", "image/png"), ("pdf", "application/pdf")):
+                name = f"{stem}.{fmt}"
+                if name in files:
+                    row.download_button(name, files[name], file_name=name, mime=mime,
+                                        key=f"ana-dl-{stem}-{fmt}", on_click="ignore")
 
 
 entries, failures, note = state.session_entries()

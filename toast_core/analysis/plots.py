@@ -45,8 +45,13 @@ def plot_metric_vs_layer(rows, metrics: str | Sequence[str] = ("energy_target", 
     from matplotlib.ticker import MaxNLocator
 
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
-    fig = Figure(figsize=(3.6 * len(metrics) + 1.4, 3.2), layout="constrained")
-    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    n_cols = min(2, len(metrics))  # two panels a row: the text stays readable when the PNG is shown narrow
+    n_rows = -(-len(metrics) // n_cols)
+    fig = Figure(figsize=(2.9 * n_cols + 1.5, 2.4 * n_rows + 0.4), layout="constrained")
+    grid = fig.subplots(n_rows, n_cols, squeeze=False)
+    axes = grid.ravel()[:len(metrics)]
+    for ax in grid.ravel()[len(metrics):]:
+        ax.set_visible(False)
     colours = {}
     for ax, metric in zip(axes, metrics):
         series = _series(rows, metric, kind, n_boot)
@@ -58,16 +63,18 @@ def plot_metric_vs_layer(rows, metrics: str | Sequence[str] = ("energy_target", 
                 colours[method] = f"C{len(colours) % 10}"
             dashed = pass_name != finals[method]
             label = method if not dashed else f"{method} ({pass_name})"
-            ax.plot(layers, stats[0], "--" if dashed else "-", color=colours[method], marker="o", ms=3,
+            shown = [int(layer) + 1 for layer in layers]  # counted from 1, as everywhere in the app
+            ax.plot(shown, stats[0], "--" if dashed else "-", color=colours[method], marker="o", ms=3,
                     lw=1.2 if dashed else 1.8, label=label)
             if not dashed:
-                ax.fill_between(layers, stats[1], stats[2], color=colours[method], alpha=0.15, lw=0)
-        ax.set_xlabel("layer (0-based block)")
-        ax.set_ylabel(_LABELS.get(metric, metric))
+                ax.fill_between(shown, stats[1], stats[2], color=colours[method], alpha=0.15, lw=0)
+        ax.set_xlabel("layer (1 = nearest the pixels)", fontsize=9)
+        ax.set_ylabel(_LABELS.get(metric, metric), fontsize=9)
+        ax.tick_params(labelsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=7, loc="outside right upper")
+    fig.legend(handles, labels, fontsize=8, loc="outside right upper")
     fig.suptitle(title or f"{kind} maps: metric vs layer (mean, 95% CI)", fontsize=10)
     return fig
 
@@ -97,11 +104,13 @@ def plot_accuracy_vs_energy(rows, kind: str = "cls", layer: Optional[int] = None
         x, y = bootstrap_ci([r[metric] for r in sel], n_boot), bootstrap_ci([r["correct"] for r in sel], n_boot)
         ax.errorbar(x[0], y[0], xerr=[[x[0] - x[1]], [x[2] - x[0]]], yerr=[[y[0] - y[1]], [y[2] - y[0]]],
                     fmt="o", color=f"C{i % 10}", capsize=3, label=method)
-        ax.annotate(method, (x[0], y[0]), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set_xlabel(f"{_LABELS.get(metric, metric)} ({kind}, layer {'last' if layer is None else layer})")
-    ax.set_ylabel("accuracy")
+    # names in the legend beside the plot: labels next to the points overlapped where methods agree
+    ax.set_xlabel(f"{_LABELS.get(metric, metric)} ({kind}, layer {'last' if layer is None else layer + 1})",
+                  fontsize=9)
+    ax.set_ylabel("accuracy", fontsize=9)
+    ax.tick_params(labelsize=8)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    fig.legend(fontsize=8, loc="outside right upper")
     fig.suptitle(title or "accuracy vs attention on the task object (95% CI)", fontsize=10)
     return fig
 
