@@ -52,7 +52,7 @@ def session(device: str = "auto"):
     Yields the context (``world``, ``rank``, ``local_rank``, ``is_main``); on CUDA every rank uses the
     GPU ``LOCAL_RANK`` (NCCL), on CPU gloo. The group is left at the end if this call created it.
     """
-    from ..training.trainer import init_distributed
+    from ..training.distributed import init_distributed
 
     ctx = init_distributed(str(device))
     try:
@@ -76,14 +76,6 @@ def main_first(ctx):
             torch.distributed.barrier()
 
 
-def rank_device(device, ctx) -> torch.device:
-    """The device of this rank: ``cuda`` without an index becomes ``cuda:LOCAL_RANK``."""
-    dev = resolve_device(device)
-    if ctx.world > 1 and dev.type == "cuda" and dev.index is None:
-        return torch.device("cuda", ctx.local_rank)
-    return dev
-
-
 def run_sharded(ctx, models: Mapping[str, torch.nn.Module], dataset, *, batch_size: int = 32,
                 device="auto", progress: Optional[Progress] = None, **options) -> Optional[list[dict]]:
     """:func:`run_analysis` over this rank's share of ``dataset``; rows (list of dicts) on rank 0, in the
@@ -97,7 +89,7 @@ def run_sharded(ctx, models: Mapping[str, torch.nn.Module], dataset, *, batch_si
     if ctx.world == 1:
         return run_analysis(models, dataset, batch_size=batch_size, device=device, progress=progress,
                             as_frame=False, **options)
-    dev = rank_device(device, ctx)
+    dev = resolve_device(device, local_rank=ctx.local_rank)  # a bare 'cuda' is this rank's GPU
     starts = batch_starts(len(dataset), batch_size, ctx.rank, ctx.world)
     payload = {"batches": [], "error": None}
     try:

@@ -229,7 +229,7 @@ def _run(args, ctx) -> int:
     fkw = {}
     if args.td_scales:
         models, fkw = _td_variants(models, args.td_scales)
-    device = analysis.resolve_device(args.device)
+    device = analysis.resolve_device(args.device, local_rank=ctx.local_rank)  # under torchrun: this rank's GPU
     if ctx.is_main:
         print(f"analysing {len(models)} model(s) on {len(dataset)} images of {data_dir} ({args.split}), "
               f"{size}px, device {device}" + (f", {ctx.world} processes" if ctx.world > 1 else ""), file=sys.stderr)
