@@ -9,9 +9,11 @@ import streamlit as st
 
 from toast_core import compare as cmp
 from toast_core.device import device_label
+from toast_core.attribution import EXPLANATIONS
 from toast_core.maps import ATTENTION_KINDS, MAP_KINDS
 
 from .background import background_sidebar
+from .datasets import sidebar_progress
 from .config import COLORMAPS, KEEP, device
 
 def sidebar_status(note: str) -> None:
@@ -21,6 +23,7 @@ def sidebar_status(note: str) -> None:
                    "present, otherwise CPU in float32.")
         st.caption(f"**Models:** {note}")
     background_sidebar()
+    sidebar_progress()  # a dataset run training in the background (the "Your data" page)
 
 
 def untrained_notice(entries: list[cmp.ModelEntry]) -> None:
@@ -61,11 +64,12 @@ def kind_select(key: str, attention_only: bool = False, default: str = "cls") ->
     kinds = list(ATTENTION_KINDS) if attention_only else list(MAP_KINDS)
     if st.session_state.get(key) not in kinds:
         st.session_state[key] = default
+    extra = "" if attention_only else " " + " ".join(f"{MAP_KINDS[k]}: {EXPLANATIONS[k]}" for k in EXPLANATIONS)
     return st.selectbox("Map kind", kinds, key=key, format_func=lambda k: MAP_KINDS[k],
                         help="CLS attention: softmax weights of the CLS query on each patch (one layer, per "
                              "head or head mean). Rollout: product of attention over layers (Abnar & Zuidema). "
                              "Token norm: L2 norm of each output token. Integrated Gradients (captum): "
-                             "attribution of the predicted class to the pixels, per patch.")
+                             "attribution of the predicted class to the pixels, per patch." + extra)
 
 
 def layer_slider(key: str, depth: int) -> int:

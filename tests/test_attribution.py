@@ -395,3 +395,76 @@ def test_models_without_a_class_token():
         for kind in KINDS:
             m, _ = maps.maps_for(model, x, kind)
             assert m.shape == (2, 4, 3) and torch.isfinite(m).all() and float(m.abs().max()) > 0, (method, kind)
+
+
+# -- the app's library layer (toast_core.compare) -----------------------------------------------------
+
+def test_compare_panels_and_figures_for_the_attribution_kinds():
+    """Compare's grid and the Export figure take every attribution kind, for all seven methods: one map per
+    model on its grid, the model's own map (cached), TOAST's label saying what it explains."""
+    import numpy as np
+    from PIL import Image
+
+    from toast_core import compare as cmp
+
+    entries = cmp.unique_names([cmp.load_entry(f"tiny:{m}") for m in available_methods()])
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8))
+    toast = [e.method for e in entries].index("toast")
+    for kind in KINDS:
+        seen = []
+        panels = cmp.compare(entries, image, kind=kind, progress=lambda i, n, name: seen.append((i, n, name)))
+        assert [p.name for p in panels] == [e.name for e in entries]
+        assert seen == [(i, len(entries), e.name) for i, e in enumerate(entries)]
+        for p in panels:
+            assert np.isfinite(p.map).all() and p.map.ndim == 2 and np.abs(p.map).max() > 0, (kind, p.name)
+            assert p.layer is None and "predicted class" in p.label
+        expected = "both passes + feedback path" if kind == "attnlrp" else "top-down pass given bottom-up pass"
+        assert expected in panels[toast].label and "given" not in panels[0].label
+        e = entries[toast]
+        x = cmp.preprocess(e, image)
+        assert np.allclose(panels[toast].map, attribute(kind, e.model, x.clone()).maps[0].numpy(), atol=1e-5)
+    spec, meta, prov = cmp.figure_spec(entries[:2] + entries[toast:toast + 1], [("img", image)], kind="attnlrp",
+                                       columns="images", layers=[None])
+    assert "AttnLRP, signed" in spec.map_kind and "(two-pass models: both passes + feedback path)" in spec.map_kind
+    assert len(spec.panels) == 3 and prov["map_kind"] == "attnlrp"
+
+
+@pytest.mark.usefixtures("restore_torch_threads", "app_tiny_models")
+def test_compare_page_renders_every_attribution_kind_for_seven_methods():
+    """The app's Compare page (AppTest, tiny models of all seven methods): each new kind renders one map per
+    method without an exception, with its explanation; AttnLRP on a symmetric diverging scale."""
+    from .test_app import _app, _blocks, _charts, _no_exception, _slug
+
+    at = _app()
+    for kind in KINDS:
+        at.selectbox(key="cmp-kind").set_value(kind).run()
+        _no_exception(at)
+        charts = {k: c for k, c in _charts(at).items() if k.startswith("fig-")}
+        assert len(charts) == 7, (kind, sorted(charts))
+        assert f"panel-{_slug('toast')}" in _blocks(at.main)
+        captions = " ".join(c.value for c in at.caption)
+        assert maps.MAP_KINDS[kind] in captions and "predicted class" in captions
+        if kind == "attnlrp":
+            heat = [t for t in charts[f"fig-{_slug('toast')}"]["data"] if t["type"] == "heatmap"][0]
+            assert heat["zmin"] == pytest.approx(-heat["zmax"])
+            assert at.selectbox(key="cmp-cmap-signed").value == "RdBu_r"
+            assert "both passes + feedback path" in captions
+        else:
+            assert "top-down pass given bottom-up pass" in captions
+
+
+@pytest.mark.usefixtures("restore_torch_threads", "app_tiny_models")
+def test_export_page_builds_an_attribution_figure():
+    from .test_app import _app, _captions, _no_exception
+
+    at = _app("views/export.py")
+    at.multiselect(key="exp-rows").set_value(["linear", "toast"]).run()
+    at.radio(key="exp-columns").set_value("images").run()
+    at.selectbox(key="exp-kind").set_value("attnlrp").run()
+    _no_exception(at)
+    opts = at.multiselect(key="exp-images").options
+    at.multiselect(key="exp-images").set_value(opts[:2]).run()
+    at.selectbox(key="exp-scale").set_value("signed").run()
+    _no_exception(at)
+    assert any("preview (2×2 panels" in (c.value or "") for c in _captions(at))
+    assert any("Use the signed scale" in c.value for c in at.caption)

@@ -14,6 +14,8 @@ import streamlit as st
 
 from app import state, task, widgets
 from toast_core import compare as cmp
+from toast_core.attribution import EXPLANATIONS, SIGNED_KINDS
+from toast_core.maps import ATTENTION_KINDS, MAP_KINDS
 from toast_core.viz import render
 from toast_core.errors import ToastError
 
@@ -79,37 +81,52 @@ with st.sidebar:
         st.stop()
     kind = state.kind_select("cmp-kind")
     layer, head, pass_name = None, None, None
-    if kind != "integrated_gradients":
+    if kind in ATTENTION_KINDS:
         layer = state.layer_slider("cmp-layer", cmp.common_depth(selected))
         if kind == "cls":
             head = widgets.head_control("cmp-heads", cmp.common_heads(selected))
         pass_name = state.pass_select("cmp-pass", selected)
-    else:
+    elif kind == "integrated_gradients":
         ig_steps = st.slider("IG steps", 4, 64, 16, step=4, key="cmp-ig-steps",
                              help="Integration steps (captum's n_steps); more is smoother and slower.")
+    else:
+        st.caption(f"**{MAP_KINDS[kind]}** (predicted class): {EXPLANATIONS[kind]}")
     scale_mode = st.radio("Colour scale", ["shared", "per-panel"], key="cmp-scale", horizontal=True)
     diff = st.toggle("Difference view", key="cmp-diff", help="Each method's map minus the reference's (signed).")
     reference = st.selectbox("Reference", [e.name for e in selected], key="cmp-reference", disabled=not diff)
     diff = diff and len(selected) > 1
-    cmap = widgets.colormap_select("cmp-cmap", diff, state.COLORMAPS)
+    signed = diff or kind in SIGNED_KINDS  # differences and signed attributions: diverging, symmetric
+    cmap = widgets.colormap_select("cmp-cmap", signed, state.COLORMAPS)
     alpha = state.opacity_slider("cmp-alpha")
     size = st.select_slider("Map size", list(MAP_SIZES), value="medium", key="keep-cmp-size")
     top_k = st.number_input("Top predictions", 1, 5, 3, key="cmp-topk")
+
+# gradient-based kinds take seconds per model on a CPU: a progress bar says which model is running
+bar = None if kind in ATTENTION_KINDS else st.progress(0.0, text=f"{MAP_KINDS[kind]}: starting…")
+
+
+def step(i: int, n: int, name: str) -> None:
+    bar.progress(i / n, text=f"{MAP_KINDS[kind]}: {name} ({i + 1}/{n})")
+
 
 try:
     with state.Timer() as timer, st.spinner("Running the models…"):
         panels = cmp.compare(selected, image, kind=kind, layer=layer, head=head, pass_name=pass_name,
                              image_key=image_key, top_k=int(top_k),
-                             ig_steps=int(st.session_state.get("cmp-ig-steps", 16)))
+                             ig_steps=int(st.session_state.get("cmp-ig-steps", 16)),
+                             progress=step if bar is not None else None)
 except ToastError as e:
     st.error(str(e))
     st.stop()
+finally:
+    if bar is not None:
+        bar.empty()
 
 maps = {p.name: p.map for p in panels}
 if diff:  # the reference's own difference is all zero: it gets no panel
     maps = {n: m for n, m in cmp.differences(panels, reference).items() if n != reference}
     panels = [p for p in panels if p.name != reference]
-ranges = render.color_scale(list(maps.values()), mode=scale_mode, signed=diff)
+ranges = render.color_scale(list(maps.values()), mode=scale_mode, signed=signed)
 all_heads = [h for p in panels if p.heads is not None and not diff for h in p.heads]
 heads_range = render.color_scale(all_heads, mode="shared")[0] if all_heads else None
 display = cmp.display_array(image)
@@ -118,6 +135,9 @@ map_h = map_height(display.shape[:2], map_w)
 
 kind_line = panels[0].label.split(" · ")[0]
 st.subheader(f"{kind_line}" + (f" — difference vs {reference}" if diff else ""))
+if kind in SIGNED_KINDS and not diff:
+    st.caption("Signed map: red patches support the predicted class, blue ones speak against it "
+               "(colour scale symmetric around 0).")
 if diff:
     st.caption(f"Each panel: the method's map minus **{reference}**'s (signed: red where the method puts more "
                "weight, blue where less).")

@@ -13,6 +13,8 @@ import streamlit as st
 
 from app import state, widgets
 from toast_core import compare as cmp
+from toast_core.attribution import EXPLANATIONS, SIGNED_KINDS
+from toast_core.maps import ATTENTION_KINDS, MAP_KINDS
 from toast_core.viz import export
 from toast_core.errors import ToastError
 
@@ -41,7 +43,10 @@ with left:
     depth = cmp.common_depth(selected)
     columns = st.radio("Columns", ["layers", "images"], key="exp-columns", horizontal=True)
     kind = state.kind_select("exp-kind")
-    if columns == "layers" and kind != "integrated_gradients":
+    if kind not in ATTENTION_KINDS and kind != "integrated_gradients":
+        st.caption(f"**{MAP_KINDS[kind]}** (predicted class): {EXPLANATIONS[kind]}"
+                   + (" Use the signed scale." if kind in SIGNED_KINDS else ""))
+    if columns == "layers" and kind in ATTENTION_KINDS:
         default_layers = sorted({max(1, round(depth * f)) for f in (0.25, 0.5, 0.75, 1.0)})
         state.sanitize_choice("exp-layers", list(range(1, depth + 1)))
         picked = st.multiselect("Layers", list(range(1, depth + 1)), default=default_layers, key="exp-layers")
@@ -52,11 +57,11 @@ with left:
         state.sanitize_choice("exp-images", options)
         picked_images = st.multiselect("Images", options, default=[image_label], key="exp-images")
         images = [(lbl.split("/")[-1], state.resolve_image(lbl)[0]) for lbl in picked_images]
-        layers = [state.layer_slider("exp-layer", depth)] if kind != "integrated_gradients" else [None]
+        layers = [state.layer_slider("exp-layer", depth)] if kind in ATTENTION_KINDS else [None]
     head = None
     if kind == "cls":
         head = widgets.head_control("exp-heads", cmp.common_heads(selected), allow_all=False)
-    pass_name = state.pass_select("exp-pass", selected)
+    pass_name = state.pass_select("exp-pass", selected) if kind in ATTENTION_KINDS else None
     ig_steps = st.slider("IG steps", 4, 64, 16, step=4, key="exp-ig-steps") if kind == "integrated_gradients" else 16
     title = st.text_input("Title", "", key="exp-title")
     # one widget per line: at 1024 px two side by side cut their labels ("Colour …", "share")

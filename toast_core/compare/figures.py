@@ -5,12 +5,13 @@ from typing import Optional, Sequence
 
 from PIL import Image
 
+from ..attribution import scope
 from ..errors import InputError
-from ..maps import MAP_KINDS
+from ..maps import ATTENTION_KINDS, MAP_KINDS
 from .entries import ModelEntry, unique_names
 from .images import DISPLAY_SIDE, display_array, image_id, preprocessing
 from .panels import common_depth, model_layer
-from .recordings import attribution, map_of, record, resolve_pass
+from .recordings import attribution, attribution_label, map_of, record, resolve_pass
 
 def model_provenance(entry: ModelEntry) -> dict:
     """What identifies a model in a manifest: method, backbone, checkpoint hash or random init."""
@@ -56,7 +57,8 @@ def figure_spec(entries: Sequence[ModelEntry], images: Sequence[tuple[str, Image
     entries = unique_names(entries)
     depth = common_depth(entries)
     keyed = [(label, img, image_id(img), display_array(img, display_side)) for label, img in images]
-    if kind == "integrated_gradients" or columns == "images":
+    gradient_kind = kind not in ATTENTION_KINDS  # IG or an attribution kind: no layers, predicted class
+    if gradient_kind or columns == "images":
         cols = [(lbl, img, ik, disp, layers[0] if layers else None) for lbl, img, ik, disp in
                 (keyed if columns == "images" else keyed[:1])]
     else:
@@ -65,13 +67,14 @@ def figure_spec(entries: Sequence[ModelEntry], images: Sequence[tuple[str, Image
         lbl, img, ik, disp = keyed[0]
         cols = [(lbl, img, ik, disp, layer) for layer in layers]
 
-    panels, meta = [], {}
+    panels, meta, passes = [], {}, {}
     for r, e in enumerate(entries):
         row = []
         for c, (lbl, img, ik, disp, layer) in enumerate(cols):
-            if kind == "integrated_gradients":
-                m, lyr = attribution(e, img, image_key=ik, steps=ig_steps), None
+            if gradient_kind:
+                m, lyr = attribution(e, img, kind=kind, image_key=ik, steps=ig_steps), None
                 p = None
+                passes[e.name] = record(e, img, image_key=ik).passes
             else:
                 rec = record(e, img, image_key=ik)
                 lyr = model_layer(layer, e.num_layers, depth)
@@ -86,6 +89,12 @@ def figure_spec(entries: Sequence[ModelEntry], images: Sequence[tuple[str, Image
 
     if kind == "integrated_gradients":
         kind_label = f"{MAP_KINDS[kind]} ({ig_steps} steps, predicted class)"
+        col_labels = [c[0] for c in cols]
+    elif gradient_kind:  # an attribution kind: say what it explains where a model has two passes
+        kind_label = attribution_label(kind, ()).replace(" · ", ", ")
+        two_pass = [p for p in passes.values() if len(p) > 1]
+        if two_pass:
+            kind_label += f" (two-pass models: {scope(kind, two_pass[0])})"
         col_labels = [c[0] for c in cols]
     else:
         head_txt = "head mean" if head is None else f"head {head}"
@@ -111,7 +120,8 @@ def figure_spec(entries: Sequence[ModelEntry], images: Sequence[tuple[str, Image
         "pass": pass_name or "final", "columns": columns,
         "layers": [None if lyr is None else model_layer(lyr, depth, depth) + 1 for lyr in layers],
         "normalisation": {"scale": scale, "percentile": percentile,
-                          "maps": "raw values (attention probabilities, token norms or |IG| per patch)"},
+                          "maps": "raw values (attention probabilities, token norms, |IG| per patch, or the "
+                                  "attribution kind's own units; attnlrp is signed)"},
         "display": {"image_side": display_side, "alpha": alpha, "upsample": "bilinear"},
     }
     return spec, meta, provenance

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -11,7 +11,8 @@ from ..errors import InputError
 from ..maps import ATTENTION_KINDS, MAP_KINDS, describe_map
 from .entries import ModelEntry
 from .images import image_id
-from .recordings import attribution, head_maps, map_of, record, resolve_pass, top_predictions
+from .recordings import (attribution, attribution_label, head_maps, map_of, record, resolve_pass,
+                         top_predictions)
 
 HeadChoice = Union[None, int, str]  # None = head mean, an int = one head, "all" = every head
 
@@ -66,17 +67,22 @@ def model_layer(layer: Optional[int], num_layers: int, depth: int) -> int:
 
 def compare(entries: Sequence[ModelEntry], image: Image.Image, *, kind: str = "cls", layer: Optional[int] = None,
             head: HeadChoice = None, pass_name: Optional[str] = None, image_key: Optional[str] = None,
-            top_k: int = 3, ig_steps: int = 16) -> list[Panel]:
+            top_k: int = 3, ig_steps: int = 16,
+            progress: Optional[Callable[[int, int, str], None]] = None) -> list[Panel]:
     """Every model's map of one kind on one image, with its top predictions.
 
     Args:
         entries: the models (display names should be unique, see :func:`unique_names`).
         image: RGB PIL image.
-        kind: ``cls``, ``rollout``, ``token_norm`` or ``integrated_gradients``.
+        kind: a key of :data:`toast_core.maps.MAP_KINDS`: attention kinds (``cls``, ``rollout``,
+            ``token_norm``) or gradient-based ones (``integrated_gradients``, ``gae``, ``legrad``,
+            ``gradcam``, ``attnlrp``; these explain the predicted class and ignore layer, head, pass).
         layer: 0-based layer on the shared range (``None`` = last); see :func:`model_layer`.
         head: ``None`` (mean), an int (one head) or ``"all"`` (``Panel.heads`` gets every head; ``map``
             is the mean). Only CLS attention has heads.
         pass_name: ``None``/``"final"`` (prediction pass) or ``"first"`` (TOAST's bottom-up pass).
+        progress: called as ``progress(i, n, name)`` before model ``i`` of ``n`` is run (a page's
+            progress bar; gradient-based kinds take several forward passes per model).
 
     Returns:
         one :class:`Panel` per entry, in order.
@@ -86,12 +92,14 @@ def compare(entries: Sequence[ModelEntry], image: Image.Image, *, kind: str = "c
     ik = image_key or image_id(image)
     depth = common_depth(entries)
     panels = []
-    for e in entries:
+    for i, e in enumerate(entries):
+        if progress is not None:
+            progress(i, len(entries), e.name)
         rec = record(e, image, image_key=ik)
         preds = top_predictions(rec.probs, e.class_names, top_k)
-        if kind == "integrated_gradients":
-            m = attribution(e, image, image_key=ik, steps=ig_steps)
-            label = f"{MAP_KINDS[kind]} · {ig_steps} steps · predicted class"
+        if kind not in ATTENTION_KINDS:  # gradient-based: IG or an attribution kind
+            m = attribution(e, image, kind=kind, image_key=ik, steps=ig_steps)
+            label = attribution_label(kind, rec.passes, ig_steps)
             panels.append(Panel(e.name, e.method, label, m, preds, None, rec.result.final_pass, e.trained))
             continue
         lyr = model_layer(layer, e.num_layers, depth)

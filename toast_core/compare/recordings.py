@@ -13,7 +13,8 @@ from PIL import Image
 from ..cache import LRU
 from ..device import autocast
 from ..errors import InputError
-from ..maps import ATTENTION_KINDS, compute_map, integrated_gradients
+from ..attribution import attribute
+from ..maps import ATTENTION_KINDS, MAP_KINDS, compute_map, describe_map, integrated_gradients
 from ..recording import AttentionResult, extract_attention
 from .entries import ModelEntry
 from .images import image_id, preprocess
@@ -129,12 +130,21 @@ def head_maps(rec: Recording, layer: int = -1, pass_name: Optional[str] = None) 
     return _to_numpy(rec.result.heads[resolve_pass(rec, pass_name)][layer][0])
 
 
-def attribution(entry: ModelEntry, image: Image.Image, *, image_key: Optional[str] = None, steps: int = 16,
-                td_scale: float = 1.0, xi_patch: Optional[tuple[int, int]] = None) -> np.ndarray:
-    """Integrated Gradients (captum) of the predicted class, per patch, (h, w). Cached; float32 always."""
+def attribution(entry: ModelEntry, image: Image.Image, *, kind: str = "integrated_gradients",
+                image_key: Optional[str] = None, steps: int = 16, td_scale: float = 1.0,
+                xi_patch: Optional[tuple[int, int]] = None) -> np.ndarray:
+    """A gradient-based map of the predicted class, per patch, (h, w); cached, float32 computation.
+
+    Kinds: ``integrated_gradients`` (captum, ``steps`` steps) or an attribution kind of
+    :mod:`toast_core.attribution` (``gae``, ``legrad``, ``gradcam``, ``attnlrp``; signed for ``attnlrp``).
+    """
+    if kind in ATTENTION_KINDS or kind not in MAP_KINDS:
+        raise InputError(f"map kind {kind!r} is not a gradient-based kind; choose from "
+                         f"{[k for k in MAP_KINDS if k not in ATTENTION_KINDS]}")
     ik = image_key or image_id(image)
     xp = None if xi_patch is None else (int(xi_patch[0]), int(xi_patch[1]))
-    key = (entry.key, entry.device, ik, int(steps), round(float(td_scale), 6), xp)
+    n_steps = int(steps) if kind == "integrated_gradients" else None
+    key = (entry.key, entry.device, ik, kind, n_steps, round(float(td_scale), 6), xp)
 
     def compute() -> np.ndarray:
         with torch.inference_mode():
@@ -142,11 +152,21 @@ def attribution(entry: ModelEntry, image: Image.Image, *, image_key: Optional[st
             kwargs = _steering_kwargs(entry, x, td_scale, xp)
         x = x.clone()  # a normal tensor (inference tensors cannot take part in autograd)
         kwargs = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in kwargs.items()}
-        m = integrated_gradients(entry.model, x, steps=int(steps), forward_kwargs=kwargs,
-                                 internal_batch_size=min(int(steps), 8))
+        if kind == "integrated_gradients":
+            m = integrated_gradients(entry.model, x, steps=n_steps, forward_kwargs=kwargs,
+                                     internal_batch_size=min(n_steps, 8))
+        else:
+            m = attribute(kind, entry.model, x, forward_kwargs=kwargs).maps
         return _to_numpy(m[0])
 
     return ATTRIBUTIONS.get_or_compute(key, compute)
+
+
+def attribution_label(kind: str, passes: Sequence[str], ig_steps: int = 16) -> str:
+    """The label of a gradient-based map: IG's steps, or what an attribution kind explains on TOAST."""
+    if kind == "integrated_gradients":
+        return f"{MAP_KINDS[kind]} · {ig_steps} steps · predicted class"
+    return describe_map(kind, passes=tuple(passes)) + " · predicted class"
 
 
 def top_predictions(probs: np.ndarray, class_names: Sequence[str], k: int = 3) -> list[tuple[str, float]]:
