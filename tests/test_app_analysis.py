@@ -94,9 +94,10 @@ def test_run_on_four_images_shows_table_plots_and_downloads():
     table = at.dataframe[0].value
     # one row per selected method, plus TOAST's bottom-up pass
     assert list(table["method"]) == ["linear", "lora", "toast", "toast (bottom-up)"]
-    assert set(table["images"]) == {4}
-    assert all("[" in v for v in table["E target (last)"])  # mean [95% CI]
-    assert "deletion AUC ↓" not in table.columns  # faithfulness off: empty columns are dropped
+    # compact by default (fits 1024 px): means at the last layer, then layer means
+    assert {"accuracy", "E target", "pointing hit", "AUC"} <= set(table.columns) and "images" not in table.columns
+    assert not any("[" in v for v in table["E target"])
+    assert "E target" in at.dataframe[1].value.columns
     labels = {b.label for b in at.get("download_button")}
     assert {"rows.csv", "summary.csv", "summary.md", "Everything (.zip)", "layers_cls.png", "layers_cls.pdf",
             "accuracy_vs_energy_cls.png", "accuracy_vs_energy_cls.pdf"} <= labels
@@ -110,6 +111,12 @@ def test_run_on_four_images_shows_table_plots_and_downloads():
     names = set(zipfile.ZipFile(io.BytesIO(result.zip_bytes)).namelist())
     assert {"analysis/rows.csv", "analysis/summary.md", "analysis/layers_cls.pdf", "analysis/run.json"} <= names
     assert result.files["layers_cls.pdf"].startswith(b"%PDF")
+
+    at.toggle(key="ana-ci").set_value(True).run()  # the full table with CIs
+    table = at.dataframe[0].value
+    assert set(table["images"]) == {4}
+    assert all("[" in v for v in table["E target (last)"])  # mean [95% CI]
+    assert "deletion AUC ↓" not in table.columns  # faithfulness off: empty columns are dropped
 
     # the result survives a page switch; the kept controls too
     at.switch_page("views/models.py").run()
@@ -160,8 +167,8 @@ def test_folder_run_with_faithfulness(monkeypatch, task):
     at.button(key="ana-run").click().run()
     _no_exception(at)
     assert not at.error, [e.value for e in at.error]
-    table = at.dataframe[0].value
-    assert list(table["method"]) == ["vpt-deep"] and {"deletion AUC ↓", "insertion AUC ↑"} <= set(table.columns)
+    table, rest = at.dataframe[0].value, at.dataframe[1].value  # last layer; layer means and the rest
+    assert list(table["method"]) == ["vpt-deep"] and {"deletion AUC ↓", "insertion AUC ↑"} <= set(rest.columns)
     result = at.session_state["analysis-result"]
     assert result.data_dir == str(task) and result.n_images == 2
     assert json.loads(result.files["run.json"])["faithfulness_steps"] == 4
@@ -169,7 +176,7 @@ def test_folder_run_with_faithfulness(monkeypatch, task):
     assert "analysis-plot-accuracy" in keys and "analysis-plot-layers" not in keys  # one layer analysed
     # the faithfulness ranking: one row per (method, kind), its plot and its CSV
     assert {"analysis-ranking", "analysis-ranking-table", "analysis-plot-faithfulness"} <= keys
-    ranking = at.dataframe[1].value
+    ranking = at.dataframe[2].value
     assert list(ranking["method"]) == ["vpt-deep"] * 3 and sorted(ranking["rank"]) == [1, 2, 3]
     assert {"faithfulness_ranking.csv", "faithfulness_ranking.png"} <= set(result.files)
 

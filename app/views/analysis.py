@@ -204,9 +204,9 @@ def headline_tables(records: list[dict]) -> None:
     st.markdown(f"**Last analysed layer** · means over {records[0].get('images', '?')} images")
     st.dataframe(last, hide_index=True, width="stretch")
     if len(rest[0]) > 1:
-        st.markdown("**Averaged over the analysed layers**" + (" · and more" if any(
-            not k.endswith("(layer mean)") for k in records[0] if k not in ("method", "images", "accuracy")
-            and not k.endswith("(last)")) else ""))
+        others = any(not k.endswith(("(layer mean)", "(last)")) for k in records[0]
+                     if k not in ("method", "images", "accuracy"))
+        st.markdown("**Averaged over the analysed layers**" + (" · and the other columns" if others else ""))
         st.dataframe(rest, hide_index=True, width="stretch")
 
 
