@@ -10,7 +10,7 @@ import streamlit as st
 from toast_core import compare as cmp
 from toast_core.device import device_label
 from toast_core.attribution import EXPLANATIONS
-from toast_core.maps import ATTENTION_KINDS, MAP_KINDS
+from toast_core.maps import ATTENTION_KINDS, MAP_KINDS, PER_LAYER_KINDS
 
 from .background import background_sidebar
 from .datasets import sidebar_progress
@@ -60,16 +60,17 @@ def methods_multiselect(names: list[str], label: str = "Methods") -> list[str]:
     return st.multiselect(label, names, key=key, help="Listed from the loaded models and checkpoints.")
 
 
-def kind_select(key: str, attention_only: bool = False, default: str = "cls") -> str:
-    kinds = list(ATTENTION_KINDS) if attention_only else list(MAP_KINDS)
+def kind_select(key: str, attention_only: bool = False, default: str = "cls", per_layer: bool = False) -> str:
+    """The map-kind box: every kind, the attention kinds only, or (``per_layer``) those with a map per layer."""
+    kinds = list(PER_LAYER_KINDS) if per_layer else list(ATTENTION_KINDS) if attention_only else list(MAP_KINDS)
     if st.session_state.get(key) not in kinds:
         st.session_state[key] = default
-    extra = "" if attention_only else " " + " ".join(f"{MAP_KINDS[k]}: {EXPLANATIONS[k]}" for k in EXPLANATIONS)
+    extra = " ".join(f"{MAP_KINDS[k]}: {EXPLANATIONS[k]}" for k in EXPLANATIONS if k in kinds)
     return st.selectbox("Map kind", kinds, key=key, format_func=lambda k: MAP_KINDS[k],
                         help="CLS attention: softmax weights of the CLS query on each patch (one layer, per "
                              "head or head mean). Rollout: product of attention over layers (Abnar & Zuidema). "
                              "Token norm: L2 norm of each output token. Integrated Gradients (captum): "
-                             "attribution of the predicted class to the pixels, per patch." + extra)
+                             "attribution of the predicted class to the pixels, per patch. " + extra)
 
 
 def layer_slider(key: str, depth: int) -> int:

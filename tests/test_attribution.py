@@ -468,3 +468,33 @@ def test_export_page_builds_an_attribution_figure():
     _no_exception(at)
     assert any("preview (2×2 panels" in (c.value or "") for c in _captions(at))
     assert any("Use the signed scale" in c.value for c in at.caption)
+
+
+def test_layer_strip_of_legrad_is_each_layers_own_term():
+    from PIL import Image
+
+    from toast_core import compare as cmp
+
+    e = cmp.load_entry("tiny:toast")
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    strip = cmp.layer_strip(e, image, kind="legrad")
+    a = legrad(e.model, cmp.preprocess(e, image).clone())
+    assert strip.shape == (e.num_layers, *a.maps.shape[1:])
+    assert np.allclose(strip, a.extras["per_layer"][:, 0].numpy(), atol=1e-6)
+    assert np.allclose(strip.mean(0), cmp.attribution(e, image, kind="legrad"), atol=1e-6)
+    with pytest.raises(InputError, match="per-layer"):
+        cmp.layer_strip(e, image, kind="gae")
+
+
+@pytest.mark.usefixtures("restore_torch_threads", "app_tiny_models")
+def test_layers_page_shows_legrad_per_layer():
+    from .test_app import _app, _blocks, _no_exception, _slug, _walk
+
+    at = _app("views/layers.py")
+    assert "gae" not in at.selectbox(key="lay-kind").options  # no per-layer maps
+    at.selectbox(key="lay-kind").set_value("legrad").run()
+    _no_exception(at)
+    strip = _blocks(at.main)[f"strip-{_slug('toast')}"]
+    images = [c for c in _walk(strip) if type(getattr(c, "proto", None)).__name__ == "ImageList"]
+    assert len(images) == 1 and len(images[0].proto.imgs) == 4  # 4 layers
+    assert any("LeGrad · ≥ 0 · top-down pass given bottom-up pass" in m.value for m in at.markdown)

@@ -30,7 +30,9 @@ MAP_KINDS: dict[str, str] = {
     **{key: label for key, (label, _) in ATTRIBUTION_KINDS.items()},
 }
 ATTENTION_KINDS = ("cls", "rollout", "token_norm")
-__all__ = ["ATTENTION_KINDS", "ATTRIBUTION_KINDS", "MAP_KINDS", "SIGNED_KINDS", "compute_map", "describe_map",
+#: kinds that have one map per layer (a Layers strip): the attention kinds and LeGrad (each layer's own term)
+PER_LAYER_KINDS = ATTENTION_KINDS + ("legrad",)
+__all__ = ["ATTENTION_KINDS", "ATTRIBUTION_KINDS", "MAP_KINDS", "PER_LAYER_KINDS", "SIGNED_KINDS", "compute_map", "describe_map",
            "integrated_gradients", "maps_for", "patch_grid", "rollout"]
 
 

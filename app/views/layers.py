@@ -15,9 +15,10 @@ import streamlit as st
 
 from app import state, task, widgets
 from toast_core import compare as cmp
+from toast_core.attribution import EXPLANATIONS
+from toast_core.maps import ATTENTION_KINDS, MAP_KINDS, describe_map
 from toast_core.viz import render
 from toast_core.errors import ToastError
-from toast_core.maps import MAP_KINDS, describe_map
 
 SCALES = ["per layer", "shared", "per method", "per panel"]
 PER_LINE = 6  # thumbnails per line: layer columns line up across methods
@@ -38,10 +39,14 @@ with st.sidebar:
     image_label, image, image_key = state.image_picker()
     chosen = state.methods_multiselect(names)
     selected = [e for e in entries if e.name in chosen]
-    kind = state.kind_select("lay-kind", attention_only=True)
+    kind = state.kind_select("lay-kind", per_layer=True)
     head = widgets.head_control("lay-heads", cmp.common_heads(selected or entries), allow_all=False) \
         if kind == "cls" else None
-    pass_name = state.pass_select("lay-pass", selected)
+    pass_name = None
+    if kind in ATTENTION_KINDS:
+        pass_name = state.pass_select("lay-pass", selected)
+    else:
+        st.caption(f"**{MAP_KINDS[kind]}** per layer (predicted class): {EXPLANATIONS[kind]}")
     scale_mode = st.radio("Colour scale", SCALES, key="lay-scale",
                           help="per layer: one range per column over all methods (each layer readable, methods "
                                "comparable within a layer); shared: one range for every thumbnail; per method: "
@@ -54,13 +59,20 @@ if not selected:
     st.info("Pick at least one method.")
     st.stop()
 
+bar = None if kind in ATTENTION_KINDS else st.progress(0.0, text=f"{MAP_KINDS[kind]}: starting…")
 try:
     with state.Timer() as timer, st.spinner("Running the models…"):
-        strips = {e.name: cmp.layer_strip(e, image, kind=kind, head=head, pass_name=pass_name, image_key=image_key)
-                  for e in selected}
+        strips = {}
+        for i, e in enumerate(selected):
+            if bar is not None:  # gradient kinds take seconds per model on a CPU
+                bar.progress(i / len(selected), text=f"{MAP_KINDS[kind]}: {e.name} ({i + 1}/{len(selected)})")
+            strips[e.name] = cmp.layer_strip(e, image, kind=kind, head=head, pass_name=pass_name, image_key=image_key)
 except ToastError as e:
     st.error(str(e))
     st.stop()
+finally:
+    if bar is not None:
+        bar.empty()
 
 display = cmp.display_array(image, max_side=max(2 * width, 96))
 all_maps = [m for s in strips.values() for m in s]
@@ -93,7 +105,7 @@ for e in selected:
     thumbs = [render.overlay(display, m, lo, hi, cmap, alpha, upsample="nearest") for m, (lo, hi) in zip(strip, ranges)]
     with grid.container(key=f"strip-{state.slug(e.name)}", border=True):
         rec = cmp.record(e, image, image_key=image_key)
-        pass_used = cmp.resolve_pass(rec, pass_name)
+        pass_used = cmp.resolve_pass(rec, pass_name)  # attribution kinds: the final pass (pass_name None)
         label = describe_map(kind, None, None, pass_used if len(rec.passes) > 1 else None)
         label = label.replace("head mean", "mean of heads" if head is None else f"head {head + 1}")
         preds = cmp.top_predictions(rec.probs, e.class_names, 1)

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
-from ..maps import ATTENTION_KINDS, MAP_KINDS, describe_map
+from ..maps import ATTENTION_KINDS, MAP_KINDS, PER_LAYER_KINDS, describe_map
 from .entries import ModelEntry
 from .images import image_id
 from .recordings import (attribution, attribution_label, head_maps, map_of, record, resolve_pass,
@@ -134,8 +134,12 @@ def differences(panels: Sequence[Panel], reference: str) -> dict[str, np.ndarray
 def layer_strip(entry: ModelEntry, image: Image.Image, *, kind: str = "cls", head: Optional[int] = None,
                 pass_name: Optional[str] = None, image_key: Optional[str] = None, td_scale: float = 1.0,
                 xi_patch: Optional[tuple[int, int]] = None) -> np.ndarray:
-    """One model's maps at every layer, (L, h, w), from a single recording."""
+    """One model's maps at every layer, (L, h, w), from a single recording (LeGrad: each layer's own term,
+    for the predicted class, of the pass the prediction comes from; ``head`` and ``pass_name`` unused)."""
+    if kind not in PER_LAYER_KINDS:
+        raise InputError(f"a layer strip needs a per-layer map kind ({', '.join(PER_LAYER_KINDS)}), not {kind!r}")
     if kind not in ATTENTION_KINDS:
-        raise InputError(f"a layer strip needs an attention map kind ({', '.join(ATTENTION_KINDS)}), not {kind!r}")
+        return attribution(entry, image, kind=kind, image_key=image_key, td_scale=td_scale, xi_patch=xi_patch,
+                           per_layer=True)
     rec = record(entry, image, image_key=image_key, td_scale=td_scale, xi_patch=xi_patch)
     return np.stack([map_of(rec, kind, layer, head, pass_name) for layer in range(rec.num_layers)])

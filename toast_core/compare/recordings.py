@@ -14,7 +14,7 @@ from ..cache import LRU
 from ..device import autocast
 from ..errors import InputError
 from ..attribution import attribute
-from ..maps import ATTENTION_KINDS, MAP_KINDS, compute_map, describe_map, integrated_gradients
+from ..maps import ATTENTION_KINDS, MAP_KINDS, PER_LAYER_KINDS, compute_map, describe_map, integrated_gradients
 from ..recording import AttentionResult, extract_attention
 from .entries import ModelEntry
 from .images import image_id, preprocess
@@ -132,19 +132,22 @@ def head_maps(rec: Recording, layer: int = -1, pass_name: Optional[str] = None) 
 
 def attribution(entry: ModelEntry, image: Image.Image, *, kind: str = "integrated_gradients",
                 image_key: Optional[str] = None, steps: int = 16, td_scale: float = 1.0,
-                xi_patch: Optional[tuple[int, int]] = None) -> np.ndarray:
+                xi_patch: Optional[tuple[int, int]] = None, per_layer: bool = False) -> np.ndarray:
     """A gradient-based map of the predicted class, per patch, (h, w); cached, float32 computation.
 
     Kinds: ``integrated_gradients`` (captum, ``steps`` steps) or an attribution kind of
     :mod:`toast_core.attribution` (``gae``, ``legrad``, ``gradcam``, ``attnlrp``; signed for ``attnlrp``).
+    ``per_layer`` (LeGrad only): every layer's own map, (L, h, w), instead of their mean.
     """
     if kind in ATTENTION_KINDS or kind not in MAP_KINDS:
         raise InputError(f"map kind {kind!r} is not a gradient-based kind; choose from "
                          f"{[k for k in MAP_KINDS if k not in ATTENTION_KINDS]}")
+    if per_layer and kind not in PER_LAYER_KINDS:
+        raise InputError(f"{MAP_KINDS[kind]} has no per-layer maps; per-layer kinds: {PER_LAYER_KINDS}")
     ik = image_key or image_id(image)
     xp = None if xi_patch is None else (int(xi_patch[0]), int(xi_patch[1]))
     n_steps = int(steps) if kind == "integrated_gradients" else None
-    key = (entry.key, entry.device, ik, kind, n_steps, round(float(td_scale), 6), xp)
+    key = (entry.key, entry.device, ik, kind, n_steps, round(float(td_scale), 6), xp, bool(per_layer))
 
     def compute() -> np.ndarray:
         with torch.inference_mode():
@@ -153,11 +156,10 @@ def attribution(entry: ModelEntry, image: Image.Image, *, kind: str = "integrate
         x = x.clone()  # a normal tensor (inference tensors cannot take part in autograd)
         kwargs = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in kwargs.items()}
         if kind == "integrated_gradients":
-            m = integrated_gradients(entry.model, x, steps=n_steps, forward_kwargs=kwargs,
-                                     internal_batch_size=min(n_steps, 8))
-        else:
-            m = attribute(kind, entry.model, x, forward_kwargs=kwargs).maps
-        return _to_numpy(m[0])
+            return _to_numpy(integrated_gradients(entry.model, x, steps=n_steps, forward_kwargs=kwargs,
+                                                  internal_batch_size=min(n_steps, 8))[0])
+        a = attribute(kind, entry.model, x, forward_kwargs=kwargs)
+        return _to_numpy(a.extras["per_layer"][:, 0] if per_layer else a.maps[0])
 
     return ATTRIBUTIONS.get_or_compute(key, compute)
 
