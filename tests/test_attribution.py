@@ -498,3 +498,26 @@ def test_layers_page_shows_legrad_per_layer():
     images = [c for c in _walk(strip) if type(getattr(c, "proto", None)).__name__ == "ImageList"]
     assert len(images) == 1 and len(images[0].proto.imgs) == 4  # 4 layers
     assert any("LeGrad · ≥ 0 · top-down pass given bottom-up pass" in m.value for m in at.markdown)
+
+
+@pytest.mark.usefixtures("restore_torch_threads", "app_tiny_models")
+def test_inspector_shows_attribution_under_steering():
+    from .test_app import _app, _charts, _no_exception, _z
+
+    at = _app("views/inspector.py")
+    assert "ins-attr-steered" not in _charts(at)  # off by default: nothing extra computed
+    at.selectbox(key="ins-attr-kind").set_value("attnlrp").run()
+    _no_exception(at)
+    charts = _charts(at)
+    steered, trained = (_z([t for t in charts[k]["data"] if t["type"] == "heatmap"][0])
+                        for k in ("ins-attr-steered", "ins-attr-trained"))
+    assert np.allclose(steered, trained)  # steering 1 with the learned ξ = as trained
+    assert any("both passes + feedback path" in c.value for c in at.caption)
+    at.slider(key="ins-scale").set_value(0.0).run()
+    _no_exception(at)
+    charts = _charts(at)
+    steered = _z([t for t in charts["ins-attr-steered"]["data"] if t["type"] == "heatmap"][0])
+    assert not np.allclose(steered, trained)  # without the top-down term the map changes
+    at.selectbox(key="ins-attr-kind").set_value("gae").run()
+    _no_exception(at)
+    assert any("top-down pass given bottom-up pass" in c.value for c in at.caption)

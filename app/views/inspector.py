@@ -18,7 +18,8 @@ from app import state, task
 from toast_core import compare as cmp
 from toast_core.viz import render
 from toast_core.errors import ToastError
-from toast_core.maps import MAP_KINDS
+from toast_core.attribution import ATTRIBUTION_KINDS, EXPLANATIONS, SIGNED_KINDS
+from toast_core.maps import MAP_KINDS, describe_map
 
 entries, failures, note = state.session_entries()
 state.sidebar_status(note)
@@ -177,6 +178,33 @@ with st.container(key="ins-strips"):
     st.caption(f"difference (top-down − bottom-up), signed scale ±{dhi:.2g}")
     st.image([render.overlay(small, m, dlo, dhi, "RdBu_r", alpha, upsample="nearest") for m in diff],
              caption=layers, width=88)
+st.subheader("Attribution at this steering setting")
+with st.container(key="ins-attribution"):
+    a_kind = st.selectbox("Attribution kind", ["off", *ATTRIBUTION_KINDS], key="ins-attr-kind",
+                          format_func=lambda k: "off" if k == "off" else MAP_KINDS[k],
+                          help="Gradient-based maps of the predicted class, at the steering above and as trained. "
+                               + " ".join(f"{MAP_KINDS[k]}: {EXPLANATIONS[k]}" for k in EXPLANATIONS))
+    if a_kind != "off":
+        try:
+            with st.spinner(f"{MAP_KINDS[a_kind]}: two settings…"):
+                steered = cmp.attribution(entry, image, kind=a_kind, image_key=image_key, td_scale=float(td_scale),
+                                          xi_patch=xi_patch)
+                trained = cmp.attribution(entry, image, kind=a_kind, image_key=image_key)
+        except ToastError as e:
+            st.error(str(e))
+            st.stop()
+        signed = a_kind in SIGNED_KINDS
+        alo, ahi = render.color_scale([steered, trained], mode="shared", signed=signed)[0]
+        a_cmap = "RdBu_r" if signed else cmap
+        st.caption(describe_map(a_kind, passes=rec0.passes) + " · predicted class · "
+                   + EXPLANATIONS[a_kind])
+        a_row = st.container(horizontal=True, gap="medium")
+        for title, m, key in ((f"steering {td_scale:.2f} · {insp.xi_source}", steered, "ins-attr-steered"),
+                              ("as trained (1.0, learned ξ)", trained, "ins-attr-trained")):
+            with a_row.container(width=MAP_W + 4):
+                st.markdown(f"**{title}**")
+                _map(m, alo, ahi, a_cmap, key)
+
 cached = timer.seconds < 0.005
 st.caption(f"TOAST passes: {timer.seconds * 1000:.0f} ms" + (" (reused from the cache)" if cached else "")
            + f" · whole page: {time.perf_counter() - page_start:.2f} s · {entry.name} · {image_label}")
