@@ -12,18 +12,23 @@ from typing import Optional
 
 import streamlit as st
 
+from toast_core.data.scan import sample_images
 from toast_core.demo.background import format_seconds, is_running, read_status
 from toast_core.training import dataset_background as dbg
 from toast_core.training.dataset_run import complete_checkpoints, list_runs, read_run
 
 MODEL_SET = "model-set"
+IMAGE_KEY = "keep-image"  # the page-shared image picker (app.images.image_picker)
 #: seconds between refreshes of a dataset run's progress
 REFRESH = 2.0
 
 
 def selected_run() -> Optional[dict]:
     """The dataset run this session shows (its ``run.json`` plus ``dir``), or None for the default models."""
-    path = st.session_state.get(MODEL_SET)
+    try:
+        path = st.session_state.get(MODEL_SET)
+    except Exception:  # noqa: BLE001 - called outside a Streamlit session
+        return None
     run = read_run(path) if path else None
     return {**run, "dir": str(path)} if run else None
 
@@ -34,6 +39,11 @@ def select_run(directory: Optional[str]) -> None:
         st.session_state[MODEL_SET] = str(directory)
     else:
         st.session_state.pop(MODEL_SET, None)
+    first = dataset_gallery()[:1]
+    if first:  # the pages open on one of the dataset's own images
+        st.session_state[IMAGE_KEY] = first[0][0]
+    else:
+        st.session_state.pop(IMAGE_KEY, None)
 
 
 def dataset_model_keys() -> Optional[tuple[list[str], str]]:
@@ -47,6 +57,17 @@ def dataset_model_keys() -> Optional[tuple[list[str], str]]:
     methods = (run.get("spec") or {}).get("methods") or []
     note = f"trained on your dataset “{name}” ({len(found)} of {len(methods)} methods complete)"
     return [f"ckpt:{p}" for p in found.values()], note
+
+
+def dataset_gallery(per_class: int = 3, limit: int = 36) -> list[tuple[str, str]]:
+    """``(label, path)`` of a few held-out images per class of the selected dataset (empty without one)."""
+    run = selected_run()
+    data = ((run or {}).get("spec") or {}).get("data")
+    if not data or not Path(data).is_dir():
+        return []
+    name = (run.get("spec") or {}).get("name") or "dataset"
+    return [(f"{name}/{Path(rel).with_suffix('')}", str(Path(data) / rel))
+            for rel in sample_images(data, per_class)[:limit]]
 
 
 def active_run() -> Optional[dict]:

@@ -16,6 +16,7 @@ from toast_core.data import write_demo_samples
 from toast_core.errors import ToastError
 
 from .config import ASSETS, IMAGE_SUFFIXES, KEEP, MAX_SESSION_UPLOADS
+from .datasets import dataset_gallery
 
 @st.cache_resource(show_spinner=False)
 def _generated_gallery() -> list[tuple[str, str]]:
@@ -28,14 +29,15 @@ def _generated_gallery() -> list[tuple[str, str]]:
 
 
 def gallery() -> list[tuple[str, str]]:
-    """``(label, path)`` of every image under ``assets/`` (masks excluded), or generated samples."""
+    """``(label, path)`` of every image under ``assets/`` (masks excluded), or generated samples; the
+    selected dataset's held-out images first when the session shows a dataset's models."""
     items = []
     if ASSETS.is_dir():
         for p in sorted(ASSETS.rglob("*")):
             if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.stem.endswith("_mask"):
                 rel = p.relative_to(ASSETS)
                 items.append((str(rel.with_suffix("")), str(p)))
-    return items or _generated_gallery()
+    return dataset_gallery() + (items or _generated_gallery())
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)

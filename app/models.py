@@ -16,6 +16,7 @@ from toast_core.errors import CheckpointError, ToastError
 from toast_core.io.checkpoints import read_checkpoint_info
 
 from .config import device, models_mode
+from .datasets import dataset_model_keys, selected_run
 from .demo import background_active, background_status, demo_checkpoint_keys, is_quick
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=64)
@@ -36,6 +37,9 @@ def directory_checkpoint_keys(directory: Path) -> list[str]:
 
 def base_model_keys() -> tuple[list[str], str]:
     """The models every session starts with, and a sentence saying what they are."""
+    chosen = dataset_model_keys()  # the session chose a dataset run on the "Your data" page
+    if chosen is not None:
+        return chosen
     mode = models_mode()
     methods = tc.available_methods()
     tiny = [f"tiny:{m}" for m in methods]
@@ -68,7 +72,9 @@ def session_entries() -> tuple[list[cmp.ModelEntry], list[tuple[str, str]], str]
     extra = [k for k in st.session_state.get("extra_models", []) if k not in keys]
     entries, failures = [], []
     dev = device()
-    demo = {k for k in keys if k.startswith("ckpt:")} if models_mode() == "demo" else set()
+    run = selected_run()
+    dataset = (run.get("spec") or {}).get("name") if run else None
+    demo = {k for k in keys if k.startswith("ckpt:")} if models_mode() == "demo" and not dataset else set()
     for key in keys + extra:
         try:
             entry = load_model(key, dev)
@@ -77,6 +83,8 @@ def session_entries() -> tuple[list[cmp.ModelEntry], list[tuple[str, str]], str]
             continue
         if key in extra:
             entry = dataclasses.replace(entry, source="your checkpoint")  # a label only; same shared model
+        elif dataset:
+            entry = dataclasses.replace(entry, source=f"your dataset “{dataset}”")
         elif key in demo:
             entry = dataclasses.replace(entry, source="demo checkpoint" + (" (quick plan)" if is_quick(key) else ""))
         entries.append(entry)

@@ -75,6 +75,13 @@ def test_a_trained_dataset_is_listed_and_becomes_the_sessions_model_set(tmp_path
     _no_exception(at)
     assert at.session_state["model-set"] == res["dir"]
     assert at.button(key="data-use-0").disabled
+    at.switch_page("views/compare.py").run()  # the dataset's models and images on the other pages
+    _no_exception(at)
+    panels = sorted(k[len("panel-"):] for k in _blocks(at.main) if k.startswith("panel-"))
+    assert panels == ["linear", "lora"]
+    assert "your dataset “Photos”" in " ".join(c.value for c in at.sidebar.caption)
+    assert at.selectbox(key="keep-image").value.startswith("Photos/test/")
+    at.switch_page(PAGE).run()
     at.button(key="data-use-default").click().run()
     assert "model-set" not in at.session_state
     assert Path(res["dir"]).is_dir()

@@ -27,7 +27,6 @@ from toast_core.training import dataset_run
 
 entries, failures, note = state.session_entries()
 state.sidebar_status(note)
-datasets.sidebar_progress()
 st.title("Your data")
 st.markdown("Train the transfer methods on **your own labelled images** and compare where each one looks. "
             "Layout: `train/<class>/<image>` (required), `val/` and `test/` (optional, same class folders), "

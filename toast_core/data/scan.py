@@ -234,6 +234,21 @@ def _check_counts(report: ScanReport, val_fraction: float) -> None:
                                                 f"class; {100 * val_fraction:.0f}% of each is held out)"))
 
 
+def sample_images(root: str | os.PathLike, per_class: int = 3, splits: tuple = ("test", "val", "train")) -> list[str]:
+    """Up to ``per_class`` image paths (relative to ``root``) per class from the first split present of
+    ``splits`` (the app's gallery of a dataset: its held-out images first)."""
+    root = Path(root)
+    for split in splits:
+        if (root / split).is_dir():
+            _, items = _list_split(root, split)
+            picked: dict[str, list[str]] = {}
+            for rel, c in items:
+                if len(picked.setdefault(c, [])) < per_class:
+                    picked[c].append(rel)
+            return [rel for rels in picked.values() for rel in rels]
+    return []
+
+
 def scan_folder(root: str | os.PathLike, check_images: bool | int = True, val_fraction: float = 0.1,
                 seed: int = 0) -> ScanReport:
     """Scan a dataset folder (see the module docstring).

@@ -206,7 +206,8 @@ def run(directory: Path, device: str, lock_fd: Optional[int], nice: int) -> int:
     try:
         import torch
 
-        torch.set_num_threads(os.cpu_count() or 1)
+        if not os.environ.get("OMP_NUM_THREADS"):  # a value set on purpose (a shared machine) is kept
+            torch.set_num_threads(os.cpu_count() or 1)
         try:
             results = train_dataset(spec, device=device, callbacks=[tracker], echo=True)
         except TrainingStopped as e:
