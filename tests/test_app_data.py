@@ -81,6 +81,13 @@ def test_a_trained_dataset_is_listed_and_becomes_the_sessions_model_set(tmp_path
     assert panels == ["linear", "lora"]
     assert "your dataset “Photos”" in " ".join(c.value for c in at.sidebar.caption)
     assert at.selectbox(key="keep-image").value.startswith("Photos/test/")
+    at.switch_page("views/analysis.py").run()  # analysed on the dataset's own test split and boxes
+    assert any("your dataset “Photos”" in c.value and "9 images" in c.value for c in at.caption)
+    at.button(key="ana-run").click().run()
+    _no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    table = at.dataframe[0].value
+    assert list(table["method"]) == ["linear", "lora"] and {"accuracy", "E target"} <= set(table.columns)
     at.switch_page(PAGE).run()
     at.button(key="data-use-default").click().run()
     assert "model-set" not in at.session_state

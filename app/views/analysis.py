@@ -19,7 +19,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import state
+from app import datasets, state
 from toast_core.analysis import session as analysis_app
 from toast_core.analysis import ANALYSIS_KINDS, load_dataset
 from toast_core.maps import MAP_KINDS
@@ -53,8 +53,25 @@ def _folder_split_size(path: str, split: str) -> int:
     return len(load_dataset(path, split))
 
 
+def own_dataset_controls(run: dict) -> tuple[object, str, int, str]:
+    """The session shows the models of one of the user's datasets ("Your data"): analyse that dataset."""
+    spec = run.get("spec") or {}
+    _default(K + "ana-split", "test", lambda v: v in SPLITS)
+    split = st.selectbox("Split", SPLITS, key=K + "ana-split")
+    path = str(spec.get("data") or "")
+    try:
+        size = _folder_split_size(path, split)
+    except (ToastError, OSError, ValueError) as e:
+        return None, split, 0, f"Your dataset “{spec.get('name')}” cannot be analysed: {e}"
+    st.caption(f"Dataset: your dataset “{spec.get('name')}” (`{path}`); {split} split, {size} images.")
+    return path, split, size, ""
+
+
 def dataset_controls(selected) -> tuple[object, str, int, str]:
     """Source, split and the split's size. Returns ``(task source or folder path, split, size, error)``."""
+    mine = datasets.selected_run()
+    if mine is not None:
+        return own_dataset_controls(mine)
     allowed = state.paths_allowed()
     sources = list(SOURCES) if allowed else ["default"]
     _default(K + "ana-source", "default", lambda v: v in sources)
