@@ -44,16 +44,23 @@ def test_compare_gives_one_panel_per_method_with_valid_maps(entries, image):
 
 
 def test_each_model_runs_once_per_image(entries, image):
+    """A light recording (query rows beside fused attention) serves CLS attention and token norms; rollout
+    records once more with full matrices, and that recording then serves every kind."""
     cmp.RECORDINGS.clear()
     cmp.compare(entries, image, kind="cls")
-    misses = cmp.RECORDINGS.misses
-    assert misses == len(entries)
+    for kind in ("token_norm", "cls"):
+        for layer in (0, 2, None):
+            cmp.compare(entries, image, kind=kind, layer=layer, head="all" if kind == "cls" else None)
+    assert cmp.RECORDINGS.misses == len(entries)
+    assert all(cmp.record(e, image).result.full is None for e in entries)
     for kind in ("rollout", "token_norm", "cls"):
         for layer in (0, 2, None):
             cmp.compare(entries, image, kind=kind, layer=layer, head="all" if kind == "cls" else None)
     for e in entries:
         cmp.layer_strip(e, image, kind="token_norm")
-    assert cmp.RECORDINGS.misses == misses  # every layer, head and kind came from the same recordings
+        cmp.layer_strip(e, image, kind="rollout")
+    assert cmp.RECORDINGS.misses == 2 * len(entries)  # one full recording more per model, then all from it
+    assert all(cmp.record(e, image).result.full is not None for e in entries)
 
 
 def test_maps_match_a_fresh_core_recording(entries, image):
@@ -66,6 +73,9 @@ def test_maps_match_a_fresh_core_recording(entries, image):
     from toast_core.maps import rollout
     roll = cmp.compare([e], image, kind="rollout", layer=1)[0].map
     np.testing.assert_allclose(roll, rollout(res, end_layer=1)[0].numpy(), atol=1e-5)
+    roll_strip = cmp.layer_strip(e, image, kind="rollout")  # one sweep = one rollout per end layer
+    for layer in range(e.num_layers):
+        np.testing.assert_allclose(roll_strip[layer], rollout(res, end_layer=layer)[0].numpy(), atol=1e-5)
 
 
 def test_heads_all_and_one_head(entries, image):

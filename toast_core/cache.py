@@ -66,6 +66,15 @@ class LRU:
                 self._data.popitem(last=False)
         return value
 
+    def peek(self, key, default=None):
+        """The cached value of ``key`` (marked as recently used), or ``default``; computes nothing."""
+        with self._lock:
+            if key not in self._data:
+                return default
+            self._data.move_to_end(key)
+            self.hits += 1
+            return self._data[key]
+
     def clear(self) -> None:
         with self._lock:
             self._data.clear()

@@ -11,7 +11,7 @@ from ..maps import ATTENTION_KINDS, MAP_KINDS
 from .entries import ModelEntry, unique_names
 from .images import DISPLAY_SIDE, display_array, image_id, preprocessing
 from .panels import common_depth, model_layer
-from .recordings import attribution, attribution_label, map_of, record, resolve_pass
+from .recordings import attribution, attribution_label, map_of, needs_full, record, resolve_pass
 
 def model_provenance(entry: ModelEntry) -> dict:
     """What identifies a model in a manifest: method, backbone, checkpoint hash or random init."""
@@ -76,7 +76,7 @@ def figure_spec(entries: Sequence[ModelEntry], images: Sequence[tuple[str, Image
                 p = None
                 passes[e.name] = record(e, img, image_key=ik).passes
             else:
-                rec = record(e, img, image_key=ik)
+                rec = record(e, img, image_key=ik, full=needs_full(kind))
                 lyr = model_layer(layer, e.num_layers, depth)
                 p = resolve_pass(rec, pass_name)
                 m = map_of(rec, kind, lyr, head, p)

@@ -10,7 +10,7 @@ from PIL import Image
 from ..errors import InputError
 from .entries import ModelEntry
 from .images import image_id
-from .recordings import _to_numpy, map_of, record, top_predictions
+from .recordings import _to_numpy, needs_full, record, strip_of, top_predictions
 
 @dataclass
 class ToastInspection:
@@ -65,10 +65,10 @@ def inspect_toast(entry: ModelEntry, image: Image.Image, *, kind: str = "cls", h
     if td_scale < 0:
         raise InputError(f"td_scale must be >= 0, got {td_scale}")
     ik = image_key or image_id(image)
-    rec = record(entry, image, image_key=ik, td_scale=td_scale, xi_patch=xi_patch)
+    rec = record(entry, image, image_key=ik, td_scale=td_scale, xi_patch=xi_patch, full=needs_full(kind))
     trained = record(entry, image, image_key=ik)
     first, last = rec.passes[0], rec.passes[-1]
-    strip = lambda p: np.stack([map_of(rec, kind, i, head, p) for i in range(rec.num_layers)])  # noqa: E731
+    strip = lambda p: strip_of(rec, kind, head, p)  # noqa: E731
     gate = _to_numpy(rec.result.gate[0]) if rec.result.gate is not None else np.zeros(rec.grid)
     td = _to_numpy(rec.result.td_norm[:, 0]) * abs(td_scale)
     n_layers = rec.num_layers

@@ -11,8 +11,8 @@ from ..errors import InputError
 from ..maps import ATTENTION_KINDS, MAP_KINDS, PER_LAYER_KINDS, describe_map
 from .entries import ModelEntry
 from .images import image_id
-from .recordings import (attribution, attribution_label, head_maps, map_of, record, resolve_pass,
-                         top_predictions)
+from .recordings import (attribution, attribution_label, head_maps, map_of, needs_full, record, resolve_pass,
+                         strip_of, top_predictions)
 
 HeadChoice = Union[None, int, str]  # None = head mean, an int = one head, "all" = every head
 
@@ -95,7 +95,7 @@ def compare(entries: Sequence[ModelEntry], image: Image.Image, *, kind: str = "c
     for i, e in enumerate(entries):
         if progress is not None:
             progress(i, len(entries), e.name)
-        rec = record(e, image, image_key=ik)
+        rec = record(e, image, image_key=ik, full=needs_full(kind))
         preds = top_predictions(rec.probs, e.class_names, top_k)
         if kind not in ATTENTION_KINDS:  # gradient-based: IG or an attribution kind
             m = attribution(e, image, kind=kind, image_key=ik, steps=ig_steps)
@@ -141,5 +141,5 @@ def layer_strip(entry: ModelEntry, image: Image.Image, *, kind: str = "cls", hea
     if kind not in ATTENTION_KINDS:
         return attribution(entry, image, kind=kind, image_key=image_key, td_scale=td_scale, xi_patch=xi_patch,
                            per_layer=True)
-    rec = record(entry, image, image_key=image_key, td_scale=td_scale, xi_patch=xi_patch)
-    return np.stack([map_of(rec, kind, layer, head, pass_name) for layer in range(rec.num_layers)])
+    rec = record(entry, image, image_key=image_key, td_scale=td_scale, xi_patch=xi_patch, full=needs_full(kind))
+    return strip_of(rec, kind, head, pass_name)

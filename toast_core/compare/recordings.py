@@ -14,7 +14,8 @@ from ..cache import LRU
 from ..device import autocast
 from ..errors import InputError
 from ..attribution import attribute
-from ..maps import ATTENTION_KINDS, MAP_KINDS, PER_LAYER_KINDS, compute_map, describe_map, integrated_gradients
+from ..maps import (ATTENTION_KINDS, MAP_KINDS, PER_LAYER_KINDS, compute_map, describe_map, integrated_gradients,
+                    rollout_all_layers)
 from ..recording import AttentionResult, extract_attention
 from .entries import ModelEntry
 from .images import image_id, preprocess
@@ -31,7 +32,8 @@ class Recording:
 
     Attributes:
         result: the :class:`AttentionResult` (batch of 1); ``full`` holds head-averaged matrices
-            ``{pass: (L, 1, 1, N, N)}`` (enough for rollout, 1/H of the memory).
+            ``{pass: (L, 1, 1, N, N)}`` (enough for rollout, 1/H of the memory) when recorded with
+            ``full=True``, else None.
         probs: (classes,) softmax of the logits.
         td_scale, xi_patch: the steering setting it was recorded with (TOAST only).
     """
@@ -71,19 +73,26 @@ def _steering_kwargs(entry: ModelEntry, x: torch.Tensor, td_scale: float,
     return kwargs
 
 
-def _run(entry: ModelEntry, image: Image.Image, td_scale: float, xi_patch) -> Recording:
+def needs_full(kind: str) -> bool:
+    """Whether a map kind needs full token-to-token matrices (rollout); the others are read from the
+    prefix tokens' query rows, which are computed beside fused attention."""
+    return kind == "rollout"
+
+
+def _run(entry: ModelEntry, image: Image.Image, td_scale: float, xi_patch, full: bool) -> Recording:
     with torch.inference_mode(), autocast(entry.device):
         x = preprocess(entry, image)
         kwargs = _steering_kwargs(entry, x, td_scale, xi_patch)
-        res = extract_attention(entry.model, x, full=True, forward_kwargs=kwargs)
-        slim = {p: f.float().mean(dim=2, keepdim=True) for p, f in (res.full or {}).items()}  # (L,1,1,N,N)
+        res = extract_attention(entry.model, x, full=full, forward_kwargs=kwargs)
+        slim = None if res.full is None else \
+            {p: f.float().mean(dim=2, keepdim=True) for p, f in res.full.items()}  # (L,1,1,N,N)
         res = dataclasses.replace(res, full=slim, logits=res.logits.float())
         probs = res.logits.softmax(dim=-1)[0].cpu().numpy().astype(np.float64)
     return Recording(res, probs, float(td_scale), None if xi_patch is None else tuple(int(v) for v in xi_patch))
 
 
 def record(entry: ModelEntry, image: Image.Image, *, image_key: Optional[str] = None, td_scale: float = 1.0,
-           xi_patch: Optional[tuple[int, int]] = None) -> Recording:
+           xi_patch: Optional[tuple[int, int]] = None, full: bool = False) -> Recording:
     """The model's :class:`Recording` on ``image`` (cached per model key, image, td_scale, ξ patch).
 
     Args:
@@ -91,11 +100,16 @@ def record(entry: ModelEntry, image: Image.Image, *, image_key: Optional[str] = 
         image_key: the image's :func:`image_id` if already known (saves hashing it again).
         td_scale: TOAST only: scale of the top-down signal (0 = bottom-up, 1 = as trained).
         xi_patch: TOAST only: ``(row, col)`` of the patch whose bottom-up token replaces ξ.
+        full: also keep the (head-averaged) full attention matrices, which rollout needs
+            (:func:`needs_full`); a cached full recording serves every request.
     """
     ik = image_key or image_id(image)
     xp = None if xi_patch is None else (int(xi_patch[0]), int(xi_patch[1]))
     key = (entry.key, entry.device, ik, round(float(td_scale), 6), xp)
-    return RECORDINGS.get_or_compute(key, lambda: _run(entry, image, float(td_scale), xp))
+    cached_full = RECORDINGS.peek((*key, True))
+    if cached_full is not None:
+        return cached_full
+    return RECORDINGS.get_or_compute((*key, bool(full)), lambda: _run(entry, image, float(td_scale), xp, bool(full)))
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -123,6 +137,15 @@ def map_of(rec: Recording, kind: str, layer: int = -1, head: Optional[int] = Non
         m = compute_map(kind, rec.result, layer=layer, head=head if kind == "cls" else None,
                         pass_name=resolve_pass(rec, pass_name))
     return _to_numpy(m[0])
+
+
+def strip_of(rec: Recording, kind: str, head: Optional[int] = None, pass_name: Optional[str] = None) -> np.ndarray:
+    """One attention-derived kind at every layer, (L, h, w); rollout in one sweep over the layers
+    (each layer's map extends the previous product), not one rollout from layer 0 per layer."""
+    if kind == "rollout":
+        with torch.inference_mode():
+            return _to_numpy(rollout_all_layers(rec.result, resolve_pass(rec, pass_name))[:, 0])
+    return np.stack([map_of(rec, kind, layer, head, pass_name) for layer in range(rec.num_layers)])
 
 
 def head_maps(rec: Recording, layer: int = -1, pass_name: Optional[str] = None) -> np.ndarray:
