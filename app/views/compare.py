@@ -160,7 +160,7 @@ for p, (lo, hi) in zip(panels, ranges):
         st.plotly_chart(fig, key=f"fig-{s}", width=map_w, config={"displayModeBar": False})
         if p.heads is not None and not diff:
             hlo, hhi = heads_range if shared_bar else render.color_scale(list(p.heads), mode="shared")[0]
-            thumb = (2 * map_w - (HEADS_PER_LINE - 1) * 8) // HEADS_PER_LINE
+            thumb = (2 * map_w - (HEADS_PER_LINE - 1) * 24) // HEADS_PER_LINE  # st.image spaces images ~1rem
             small = cmp.display_array(image, max(2 * thumb, 96))
             with st.container(key=f"heads-{s}"):
                 st.image([render.overlay(small, h, hlo, hhi, cmap, alpha, upsample="nearest") for h in p.heads],

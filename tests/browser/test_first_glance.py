@@ -80,6 +80,18 @@ def test_compare_maps_whole_at_laptop_widths(page, app_server, tmp_path):
             assert vis_w >= 120, (w, vis_w)
         assert page.evaluate(OVERFLOW) == []
         assert exceptions(page) == []
+    # all heads: every head thumbnail whole (its box has the input's aspect; st.image does not crop
+    # to a slot narrower than the image), labelled from 1, and still nothing wider than the window
+    radio = page.locator('[data-testid="stRadio"]', has_text="Heads").first
+    wait_rerun(page, lambda: radio.locator("label", has_text="all heads").first.click())
+    wait_charts(page, 7)
+    thumbs = page.evaluate("""() => Array.from(document.querySelectorAll('[class*="st-key-heads-"] img')).map(i => {
+        const r = i.getBoundingClientRect(); return [r.width, r.height, i.naturalWidth, i.naturalHeight]; })""")
+    assert thumbs, "no head thumbnails"
+    for bw, bh, nw, nh in thumbs:
+        assert abs(bw / bh - width / height) <= 0.05 * width / height and abs(bw / bh - nw / nh) <= 0.02, thumbs
+    assert "head 1" in page.locator('[class*="st-key-heads-"]').first.inner_text()
+    assert page.evaluate(OVERFLOW) == []
     # the task and the upload's distance line sit above the maps
     text = page.locator(".st-key-compare-task").inner_text()
     assert "Task:" in text and "class" in text and "No ground truth" in text, text
