@@ -13,6 +13,7 @@ The layers, folder by folder: docs/ARCHITECTURE.md.
 from __future__ import annotations
 
 import importlib
+import sys
 
 from .errors import CheckpointError, InputError, ToastError
 
@@ -29,16 +30,22 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'toast_core' has no attribute '{name}'")
+def lazy_names(package: str, table: dict[str, str]):
+    """``(__getattr__, __dir__)`` for a package whose public names load from its submodules on first use
+    (``table``: name -> submodule, relative to ``package``)."""
+    def __getattr__(name: str):
+        if name in table:
+            value = getattr(importlib.import_module(f".{table[name]}", package), name)
+            setattr(sys.modules[package], name, value)
+            return value
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def __dir__():
+        return sorted(set(vars(sys.modules[package])) | set(table))
+
+    return __getattr__, __dir__
 
 
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
-
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)
 
 __all__ = ["CheckpointError", "InputError", "ToastError", "__version__", *_LAZY]

@@ -19,7 +19,7 @@ The package: :mod:`.plans` (recipes and plans), :mod:`.tensors` (the task's spli
 checkpoints are; which demo set a checkpoint belongs to), :mod:`.prepare` (:func:`prepare_demo`),
 :mod:`.shipped` (the checkpoints in ``assets/``) and :mod:`.background` (the background trainer).
 """
-import importlib
+from .. import lazy_names
 
 # name -> submodule; loaded on first use, so ``demo_dir`` (the background trainer's status, the app's
 # polling) does not import the trainer, timm or the task generator.
@@ -33,16 +33,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
-
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)
 
 __all__ = list(_LAZY)
