@@ -108,7 +108,7 @@ def patch_grid(model: torch.nn.Module, images: torch.Tensor) -> tuple[int, int]:
 
 def integrated_gradients(model: torch.nn.Module, images: torch.Tensor, target: Optional[torch.Tensor] = None,
                          steps: int = 16, forward_kwargs: Optional[dict] = None,
-                         internal_batch_size: Optional[int] = None) -> torch.Tensor:
+                         internal_batch_size: Optional[int] = None, signed: bool = False) -> torch.Tensor:
     """Integrated Gradients (captum) of ``target`` (default: the predicted class), pooled per patch.
 
     Args:
@@ -116,8 +116,11 @@ def integrated_gradients(model: torch.nn.Module, images: torch.Tensor, target: O
         target: (B,) class indices; None = argmax of the model's prediction.
         steps: integration steps (captum's ``n_steps``).
 
+        signed: keep the sign (channels summed, then the patch mean): positive where the pixels raise the
+            target's logit against the baseline, negative where they lower it.
+
     Returns:
-        (B, h, w) mean |attribution| per patch (channels summed).
+        (B, h, w) mean |attribution| per patch (channels summed), or the signed mean with ``signed``.
     """
     from captum.attr import IntegratedGradients
 
@@ -133,7 +136,7 @@ def integrated_gradients(model: torch.nn.Module, images: torch.Tensor, target: O
                             internal_batch_size=internal_batch_size or images.shape[0] * steps)
     finally:
         model.train(was_training)
-    heat = attr.detach().abs().sum(dim=1, keepdim=True)  # (B, 1, H, W)
+    heat = attr.detach().sum(dim=1, keepdim=True) if signed else attr.detach().abs().sum(dim=1, keepdim=True)
     return F.adaptive_avg_pool2d(heat, patch_grid(model, images)).squeeze(1)
 
 

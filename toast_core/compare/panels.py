@@ -68,7 +68,8 @@ def model_layer(layer: Optional[int], num_layers: int, depth: int) -> int:
 def compare(entries: Sequence[ModelEntry], image: Image.Image, *, kind: str = "cls", layer: Optional[int] = None,
             head: HeadChoice = None, pass_name: Optional[str] = None, image_key: Optional[str] = None,
             top_k: int = 3, ig_steps: int = 16,
-            progress: Optional[Callable[[int, int, str], None]] = None) -> list[Panel]:
+            progress: Optional[Callable[[int, int, str], None]] = None,
+            target: Optional[str] = None, signed: bool = False) -> list[Panel]:
     """Every model's map of one kind on one image, with its top predictions.
 
     Args:
@@ -83,6 +84,9 @@ def compare(entries: Sequence[ModelEntry], image: Image.Image, *, kind: str = "c
         pass_name: ``None``/``"final"`` (prediction pass) or ``"first"`` (TOAST's bottom-up pass).
         progress: called as ``progress(i, n, name)`` before model ``i`` of ``n`` is run (a page's
             progress bar; gradient-based kinds take several forward passes per model).
+        target: the class name gradient-based kinds explain (None = each model's prediction); a model
+            without that class raises InputError.
+        signed: Integrated Gradients with its sign (diverging colours) instead of |attribution|.
 
     Returns:
         one :class:`Panel` per entry, in order.
@@ -98,8 +102,11 @@ def compare(entries: Sequence[ModelEntry], image: Image.Image, *, kind: str = "c
         rec = record(e, image, image_key=ik, full=needs_full(kind))
         preds = top_predictions(rec.probs, e.class_names, top_k)
         if kind not in ATTENTION_KINDS:  # gradient-based: IG or an attribution kind
-            m = attribution(e, image, kind=kind, image_key=ik, steps=ig_steps)
-            label = attribution_label(kind, rec.passes, ig_steps)
+            if target is not None and target not in e.class_names:
+                raise InputError(f"{e.name} has no class {target!r}")
+            tgt = None if target is None else list(e.class_names).index(target)
+            m = attribution(e, image, kind=kind, image_key=ik, steps=ig_steps, target=tgt, signed=signed)
+            label = attribution_label(kind, rec.passes, ig_steps, target, signed and kind == "integrated_gradients")
             panels.append(Panel(e.name, e.method, label, m, preds, None, rec.result.final_pass, e.trained))
             continue
         lyr = model_layer(layer, e.num_layers, depth)

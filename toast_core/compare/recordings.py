@@ -155,8 +155,10 @@ def head_maps(rec: Recording, layer: int = -1, pass_name: Optional[str] = None) 
 
 def attribution(entry: ModelEntry, image: Image.Image, *, kind: str = "integrated_gradients",
                 image_key: Optional[str] = None, steps: int = 16, td_scale: float = 1.0,
-                xi_patch: Optional[tuple[int, int]] = None, per_layer: bool = False) -> np.ndarray:
-    """A gradient-based map of the predicted class, per patch, (h, w); cached, float32 computation.
+                xi_patch: Optional[tuple[int, int]] = None, per_layer: bool = False,
+                target: Optional[int] = None, signed: bool = False) -> np.ndarray:
+    """A gradient-based map of the predicted class (or class index ``target``), per patch, (h, w);
+    cached, float32 computation. ``signed`` keeps Integrated Gradients' sign (other kinds ignore it).
 
     Kinds: ``integrated_gradients`` (captum, ``steps`` steps) or an attribution kind of
     :mod:`toast_core.attribution` (``gae``, ``legrad``, ``gradcam``, ``attnlrp``; signed for ``attnlrp``).
@@ -170,7 +172,9 @@ def attribution(entry: ModelEntry, image: Image.Image, *, kind: str = "integrate
     ik = image_key or image_id(image)
     xp = None if xi_patch is None else (int(xi_patch[0]), int(xi_patch[1]))
     n_steps = int(steps) if kind == "integrated_gradients" else None
-    key = (entry.key, entry.device, ik, kind, n_steps, round(float(td_scale), 6), xp, bool(per_layer))
+    tgt = None if target is None else int(target)
+    sgn = bool(signed) and kind == "integrated_gradients"
+    key = (entry.key, entry.device, ik, kind, n_steps, round(float(td_scale), 6), xp, bool(per_layer), tgt, sgn)
 
     def compute() -> np.ndarray:
         with torch.inference_mode():
@@ -178,20 +182,24 @@ def attribution(entry: ModelEntry, image: Image.Image, *, kind: str = "integrate
             kwargs = _steering_kwargs(entry, x, td_scale, xp)
         x = x.clone()  # a normal tensor (inference tensors cannot take part in autograd)
         kwargs = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in kwargs.items()}
+        t = None if tgt is None else torch.tensor([tgt], device=x.device)
         if kind == "integrated_gradients":
-            return _to_numpy(integrated_gradients(entry.model, x, steps=n_steps, forward_kwargs=kwargs,
-                                                  internal_batch_size=min(n_steps, 8))[0])
-        a = attribute(kind, entry.model, x, forward_kwargs=kwargs)
+            return _to_numpy(integrated_gradients(entry.model, x, target=t, steps=n_steps, forward_kwargs=kwargs,
+                                                  internal_batch_size=min(n_steps, 8), signed=sgn)[0])
+        a = attribute(kind, entry.model, x, forward_kwargs=kwargs, target=t)
         return _to_numpy(a.extras["per_layer"][:, 0] if per_layer else a.maps[0])
 
     return ATTRIBUTIONS.get_or_compute(key, compute)
 
 
-def attribution_label(kind: str, passes: Sequence[str], ig_steps: int = 16) -> str:
-    """The label of a gradient-based map: IG's steps, or what an attribution kind explains on TOAST."""
+def attribution_label(kind: str, passes: Sequence[str], ig_steps: int = 16, target: Optional[str] = None,
+                      signed: bool = False) -> str:
+    """The label of a gradient-based map: IG's steps (and sign), or what an attribution kind explains on
+    TOAST; then the class explained (``target``: a class name, None = the predicted class)."""
+    what = "predicted class" if target is None else f"class {target}"
     if kind == "integrated_gradients":
-        return f"{MAP_KINDS[kind]} · {ig_steps} steps · predicted class"
-    return describe_map(kind, passes=tuple(passes)) + " · predicted class"
+        return f"{MAP_KINDS[kind]} · {ig_steps} steps · " + ("signed · " if signed else "") + what
+    return describe_map(kind, passes=tuple(passes)) + f" · {what}"
 
 
 def top_predictions(probs: np.ndarray, class_names: Sequence[str], k: int = 3) -> list[tuple[str, float]]:
