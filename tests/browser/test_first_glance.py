@@ -96,6 +96,23 @@ def test_compare_maps_whole_at_laptop_widths(page, app_server, tmp_path):
     text = page.locator(".st-key-compare-task").inner_text()
     assert "Task:" in text and "class" in text and "No ground truth" in text, text
 
+    # the inspector's three maps: one size, the whole image at its aspect (the clickable one included)
+    page.set_viewport_size({"width": 1024, "height": 768})
+    goto_page(page, "TOAST inspector")
+    wait_charts(page, 4)
+    boxes = page.evaluate("""() => ['ins-bottom-up', 'ins-top-down', 'ins-gate'].map(k => {
+        const el = document.querySelector('.st-key-' + k + ' .js-plotly-plot');
+        const img = el.querySelector('g.imagelayer image').getBoundingClientRect();
+        const area = el.querySelector('.nsewdrag').getBoundingClientRect();
+        return {img: [img.left, img.top, img.right, img.bottom], area: [area.left, area.top, area.right, area.bottom]}; })""")
+    sizes = []
+    for b in boxes:
+        vis_w, vis_h = intersect(b["img"], b["area"])
+        assert abs(vis_w / vis_h - width / height) <= 0.05 * width / height and vis_w >= 150, boxes
+        sizes.append((round(vis_w), round(vis_h)))
+    assert max(w for w, _ in sizes) - min(w for w, _ in sizes) <= 2, sizes
+    assert page.evaluate(OVERFLOW) == [] and exceptions(page) == []
+
 
 def test_every_page_fits_a_laptop_and_asks_only_its_own_server(page, app_server):
     own = urlsplit(app_server.url).netloc
