@@ -521,3 +521,28 @@ def test_inspector_shows_attribution_under_steering():
     at.selectbox(key="ins-attr-kind").set_value("gae").run()
     _no_exception(at)
     assert any("top-down pass given bottom-up pass" in c.value for c in at.caption)
+
+
+@pytest.mark.parametrize("method", ["vpt-deep", "vpt-shallow", "toast"])
+def test_gae_equals_the_full_matrix_rules_with_prompts_and_passes(method):
+    """GAE's row-vector rollout equals the full R ← R + Ā·R rollout computed from the recorder's explicit
+    attention matrices (unfused path) and their autograd gradients; for VPT-deep also with the rows of the
+    fresh prompts reset to identity before every block (the discarded prompt outputs get no gradient)."""
+    from toast_core.recording import AttentionRecorder, extract_attention
+
+    model = tiny_model(method)
+    x = imgs(2, 24, 40)
+    ours = gae(model, x)
+    rec = AttentionRecorder(full=True, keep_grad=True, token_norm=False)
+    res = extract_attention(model, x.clone().requires_grad_(True), recorder=rec)  # every A on the graph
+    attn = rec.passes[-1].attn  # the final pass's (B, H, N, N) matrices, on the graph
+    grads = torch.autograd.grad(res.logits.gather(1, ours.target.view(-1, 1)).sum(), attn)
+    (h, w), p, t = rec.passes[-1].layout
+    n = attn[0].shape[-1]
+    rel = torch.eye(n).expand(2, n, n).clone()
+    for layer, (a, g) in enumerate(zip(attn, grads)):
+        if layer > 0 and method == "vpt-deep":  # fresh prompts: their rows depend only on themselves
+            rel[:, p:p + t] = torch.eye(n)[p:p + t]
+        rel = rel + (g * a).clamp(min=0).mean(dim=1) @ rel
+    ref = rel[:, 0, p + t:].reshape(2, h, w).detach()
+    assert torch.allclose(ours.maps, ref, rtol=1e-4, atol=1e-7), (ours.maps - ref).abs().max()

@@ -8,8 +8,9 @@ without a class token: the mean row of the patch tokens).
 
 Only that row is needed, so it is carried as a row vector from the top block down,
 r ← r + r·Ā_l (O(N²) per block instead of O(N³)); the result is the same. ∇A comes from ∂y/∂O·Vᵀ, so
-the forward pass stays fused. VPT-deep replaces its prompt tokens before every block: the new prompts
-depend on nothing below, so their entries are dropped from r at each replacement.
+the forward pass stays fused. VPT-deep needs no special case: it discards each block's prompt outputs
+(fresh prompts enter the next block), so their rows of ∇A are zero and R keeps them as identity rows,
+which is what fresh inputs are (a test checks this against the full-matrix rules).
 """
 from __future__ import annotations
 
@@ -54,7 +55,6 @@ def gae(model: torch.nn.Module, images: torch.Tensor, target: Target = None,
     _, n_prefix, n_prompts = layout
     lead = n_prefix + n_prompts
     B, _, N, _ = calls[0].q.shape
-    replaced = bool(n_prompts) and bool(getattr(model, "deep", False))  # VPT-deep's per-block prompts
     r = start_row(B, N, n_prefix, lead, images.device)
     with torch.no_grad():
         for layer in range(len(calls) - 1, -1, -1):
@@ -62,7 +62,5 @@ def gae(model: torch.nn.Module, images: torch.Tensor, target: Target = None,
             a = call.weights()
             cam = (call.weight_grad(grads[layer]) * a).clamp_min(0).mean(dim=1)  # (B, N, N)
             r = r + (r.unsqueeze(1) @ cam).squeeze(1)
-            if replaced and layer > 0:
-                r[:, n_prefix:lead] = 0.0
     return Attribution("gae", to_grid(r, layout), target, result.logits.detach(), detached(result),
                        scope("gae", result.passes))
