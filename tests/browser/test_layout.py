@@ -131,10 +131,10 @@ def test_compare_map_spans_its_card_with_one_shared_colour_bar(page, app_server)
     for m in ("linear", "toast"):
         card = page.locator(f".st-key-panel-{m}").bounding_box()
         plot = page.locator(f".st-key-panel-{m} .js-plotly-plot .nsewdrag").first.bounding_box()
-        assert plot["width"] >= 0.85 * card["width"], (m, plot, card)
+        assert plot["width"] >= 0.8 * card["width"], (m, plot, card)  # all but the card's padding (2 x 17 px)
         # (the old layout: about 0.17 of the card; title, label and top-3 predictions take the rest:
-        # 0.41 here, with the tiny models' long "class N" labels on three lines)
-        assert plot["width"] * plot["height"] >= 0.4 * card["width"] * card["height"], (m, plot, card)
+        # 0.40 with fixed-width cards at 1400 px, the tiny models' long "class N" labels on three lines)
+        assert plot["width"] * plot["height"] >= 0.35 * card["width"] * card["height"], (m, plot, card)
         # no colour bar inside the panel (shared scale)
         assert page.locator(f".st-key-panel-{m} .js-plotly-plot .colorbar").count() == 0
     # per-panel scale: no bar inside the card (the map keeps its width); each caption gives its range
