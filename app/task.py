@@ -140,7 +140,8 @@ def task_reference(task_dir: str, image_size: int, mean: tuple, std: tuple):
     from toast_core.demo import load_task_split
 
     manifest = hashlib.sha256((Path(task_dir) / "manifest.json").read_bytes()).hexdigest()
-    tag = hashlib.sha256(f"{manifest}:{default_backbone_sha256()}:{image_size}:{mean}:{std}:v1".encode()).hexdigest()[:16]
+    recipe = f"{manifest}:{default_backbone_sha256()}:{image_size}:{mean}:{std}:v1"
+    tag = hashlib.sha256(recipe.encode()).hexdigest()[:16]
     path = toast_home() / "task_reference" / f"{tag}.npz"
     if path.is_file():
         return td.load_reference(path)

@@ -104,7 +104,8 @@ def test_compare_maps_whole_at_laptop_widths(page, app_server, tmp_path):
         const el = document.querySelector('.st-key-' + k + ' .js-plotly-plot');
         const img = el.querySelector('g.imagelayer image').getBoundingClientRect();
         const area = el.querySelector('.nsewdrag').getBoundingClientRect();
-        return {img: [img.left, img.top, img.right, img.bottom], area: [area.left, area.top, area.right, area.bottom]}; })""")
+        const box = r => [r.left, r.top, r.right, r.bottom];
+        return {img: box(img), area: box(area)}; })""")
     sizes = []
     for b in boxes:
         vis_w, vis_h = intersect(b["img"], b["area"])
