@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import sys
 import threading
 import zipfile
@@ -163,6 +164,7 @@ def build_figure(spec: FigureSpec):
     caption = _wrap(f"{spec.map_kind} ({scale_note})", width, fs)
     text_lines = (1.25 * (title.count("\n") + 1) + 1 if title else 0) + caption.count("\n") + 2.5
     height = n_rows * spec.panel_inches * aspect + 0.4 + fs / 72 * 1.2 * text_lines
+    height = math.ceil(height * 5) / 5 + 1e-6  # on a 0.2-in grid: whole pixels at the usual dpis
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     fig.get_layout_engine().set(w_pad=0.03, h_pad=0.03, wspace=0.03, hspace=0.03)
