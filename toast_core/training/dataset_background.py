@@ -34,7 +34,7 @@ from typing import Optional
 from ..cache import atomic_write_bytes
 from ..demo.background import (LOCK_NAME, LOG_NAME, NICE, Tracker, _take_lock, _write_status, describe,
                                is_running, read_status)
-from .dataset_run import DatasetRunSpec, datasets_home, run_dir
+from .dataset_run import DatasetRunSpec, datasets_home, run_dir, write_run_record
 
 REQUEST_NAME = "request.json"
 _MODULE = "toast_core.training.dataset_background"
@@ -82,6 +82,7 @@ def start(spec: DatasetRunSpec, device: str = "auto", estimate: Optional[dict] =
         return {"started": False, "pid": status.get("pid"), "reason": busy or "already running", "dir": str(root),
                 "log": str(log_path)}
     try:
+        write_run_record(root, spec, report, device)  # the run is listed (and its progress shown) at once
         request = {"spec": spec.to_dict(), "estimate": estimate, "device": device}
         atomic_write_bytes(root / REQUEST_NAME, (json.dumps(request, indent=1) + "\n").encode())
         _write_status(root, {"state": "starting", "pid": None, "methods": list(spec.methods), "name": spec.name,

@@ -236,13 +236,18 @@ def prepare_run(spec: DatasetRunSpec, device: torch.device, check_images: bool |
     report = scan_folder(spec.data, check_images=check_images, val_fraction=spec.val_fraction, seed=spec.seed)
     report.raise_if_unusable()
     directory = run_dir(spec, report.fingerprint)
+    write_run_record(directory, spec, report, str(device))
+    return directory, report
+
+
+def write_run_record(directory: Path, spec: DatasetRunSpec, report, device: str) -> None:
+    """``run.json``: the spec, the classes and the scan (the creation time of an earlier record is kept)."""
     directory.mkdir(parents=True, exist_ok=True)
     previous = read_run(directory) or {}
     record = {"spec": spec.to_dict(), "classes": report.classes, "fingerprint": report.fingerprint,
-              "device": str(device), "created": previous.get("created", time.time()), "updated": time.time(),
+              "device": device, "created": previous.get("created", time.time()), "updated": time.time(),
               "scan": {k: v for k, v in report.to_dict().items() if k != "samples"}}
     atomic_write_bytes(directory / RUN_FILE, (json.dumps(record, indent=1) + "\n").encode())
-    return directory, report
 
 
 def _train_one(spec: DatasetRunSpec, recipe, data: tuple, directory: Path, base: dict, device: torch.device,
