@@ -158,7 +158,7 @@ def _td_variants(models: dict, spec: str) -> tuple[dict, dict]:
         raise InputError(f"--td-scales must be comma-separated numbers, got {spec!r}") from None
     out, fkw = {}, {}
     for name, model in models.items():
-        if hasattr(model, "top_down") and scales:
+        if model.has_top_down and scales:
             for s in scales:
                 out[f"{name}@td{s:g}"] = model
                 fkw[f"{name}@td{s:g}"] = {"td_scale": s}
