@@ -120,7 +120,8 @@ def test_end_to_end_scan_train_load_maps_analysis(folder, home, tmp_path):
     res = train_dataset(spec, device="cpu")
     directory = Path(res["dir"])
     assert directory.parent == home / "datasets" and directory.name.startswith("real-photos-")
-    assert list(res["methods"]) == list(tc.available_methods()) and not any(r["cached"] for r in res["methods"].values())
+    assert list(res["methods"]) == list(tc.available_methods())
+    assert not any(r["cached"] for r in res["methods"].values())
     found = complete_checkpoints(directory)
     assert list(found) == list(tc.available_methods())
     assert [r["name"] for r in list_runs()] == ["Real photos"]
@@ -212,7 +213,8 @@ def test_background_run_reports_per_method_and_stops_then_resumes(folder, home):
             if s and pred(s):
                 return s
             time.sleep(0.1)
-        raise AssertionError(f"timed out; status {read_status(directory)}; log {(directory / 'background.log').read_text()}")
+        log = (directory / "background.log").read_text()
+        raise AssertionError(f"timed out; status {read_status(directory)}; log {log}")
 
     s = wait(lambda s: s.get("method") == "lora" and s.get("total_eta_seconds") is not None
              or s.get("state") in ("done", "failed"))

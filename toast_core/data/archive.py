@@ -173,7 +173,10 @@ def _is_side_file(path: PurePosixPath) -> bool:
     return path.name.lower() in SIDE_FILES
 
 
-def plan_members(infos: list[zipfile.ZipInfo], limits: ArchiveLimits) -> tuple[list[tuple[zipfile.ZipInfo, PurePosixPath]], list[str]]:
+Member = tuple[zipfile.ZipInfo, PurePosixPath]
+
+
+def plan_members(infos: list[zipfile.ZipInfo], limits: ArchiveLimits) -> tuple[list[Member], list[str]]:
     """Check every member's name, type and declared size; return (members to write, skipped litter).
 
     Raises:
