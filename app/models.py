@@ -35,10 +35,19 @@ def directory_checkpoint_keys(directory: Path) -> list[str]:
     return keys
 
 
+def _note_demo_keys(keys: list[str]) -> None:
+    try:  # the background-training fragment compares against these (see _background_fragment)
+        st.session_state["bg-keys-at-run"] = tuple(sorted(keys))
+    except Exception:  # noqa: BLE001 - called outside a Streamlit session
+        pass
+
+
 def base_model_keys() -> tuple[list[str], str]:
     """The models every session starts with, and a sentence saying what they are."""
     chosen = dataset_model_keys()  # the session chose a dataset run on the "Your data" page
     if chosen is not None:
+        if models_mode() == "demo":
+            _note_demo_keys(demo_checkpoint_keys())  # else the demo trainer's fragment would rerun forever
         return chosen
     mode = models_mode()
     methods = tc.available_methods()
@@ -52,10 +61,7 @@ def base_model_keys() -> tuple[list[str], str]:
             return keys, f"checkpoints in {d}"
         return tiny, f"no checkpoints in {d}: showing random tiny models (untrained)"
     keys = demo_checkpoint_keys()
-    try:  # the background-training fragment compares against these (see _background_fragment)
-        st.session_state["bg-keys-at-run"] = tuple(sorted(keys))
-    except Exception:  # noqa: BLE001 - called outside a Streamlit session
-        pass
+    _note_demo_keys(keys)
     if keys:
         quick = any(is_quick(k) for k in keys)
         return keys, "trained demo checkpoints" + (" (quick plan: small input, few steps)" if quick else "")
