@@ -70,6 +70,14 @@ def dataset_gallery(per_class: int = 3, limit: int = 36) -> list[tuple[str, str]
             for rel in sample_images(data, per_class)[:limit]]
 
 
+def dataset_class(label: str) -> Optional[str]:
+    """The class of a gallery label of the selected dataset (``"<name>/<split>/<class>/<stem>"``), else None."""
+    if not any(lbl == label for lbl, _ in dataset_gallery()):
+        return None
+    parts = label.split("/")
+    return parts[-2] if len(parts) >= 4 else None
+
+
 def active_run() -> Optional[dict]:
     """The dataset run training now (its ``list_runs`` row), if any."""
     return next((r for r in list_runs() if is_running(r["dir"])), None)

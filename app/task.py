@@ -87,6 +87,11 @@ def truth_line(label: str) -> str:
     a line saying the image has no label."""
     t = gallery_truth(label)
     if t is None:
+        from .datasets import dataset_class
+
+        own = dataset_class(label)
+        if own is not None:
+            return f"**True label:** {own} (its class folder in your dataset)."
         return "No ground truth for this image (not from the task's gallery)."
     return f"**True label:** {t.class_name} — the {t.target_colour} object, outlined (dashed) on the maps."
 

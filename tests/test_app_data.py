@@ -81,6 +81,7 @@ def test_a_trained_dataset_is_listed_and_becomes_the_sessions_model_set(tmp_path
     assert panels == ["linear", "lora"]
     assert "your dataset “Photos”" in " ".join(c.value for c in at.sidebar.caption)
     assert at.selectbox(key="keep-image").value.startswith("Photos/test/")
+    assert any("**True label:** cat (its class folder in your dataset)." in m.value for m in at.markdown)
     at.switch_page("views/analysis.py").run()  # analysed on the dataset's own test split and boxes
     assert any("your dataset “Photos”" in c.value and "9 images" in c.value for c in at.caption)
     at.button(key="ana-run").click().run()
