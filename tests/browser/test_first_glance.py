@@ -124,7 +124,10 @@ def test_every_page_fits_a_laptop_and_asks_only_its_own_server(page, app_server)
     wait_charts(page, 7)
     gallery_text = page.locator(".st-key-compare-task").inner_text()
     assert re.search(r"True label:\*?\*? ?\w+", gallery_text), gallery_text  # first gallery image
-    for title in PAGES:
+    titles = [t.strip().splitlines()[-1].strip()  # the link text after its icon's ligature name
+              for t in page.locator('[data-testid="stSidebarNav"] a').all_inner_texts()]
+    assert set(PAGES) <= set(titles), titles  # every page in the navigation, pages added later too
+    for title in titles:
         goto_page(page, title)
         for w, h in LAPTOPS:
             page.set_viewport_size({"width": w, "height": h})
