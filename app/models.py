@@ -20,9 +20,18 @@ from .datasets import dataset_model_keys, selected_run
 from .demo import background_active, background_status, demo_checkpoint_keys, is_quick
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=64)
-def load_model(key: str, device_name: str) -> cmp.ModelEntry:
-    """One model, shared by every session (keyed by the checkpoint path string). Never modify it."""
+def load_model(key: str, device_name: str, stamp: int = 0) -> cmp.ModelEntry:
+    """One model, shared by every session (keyed by the checkpoint path string and ``stamp``, the
+    file's modification time: a checkpoint replaced at the same path is loaded afresh). Never modify it."""
     return cmp.load_entry(key, device_name)
+
+
+def checkpoint_stamp(key: str) -> int:
+    """The modification time (ns) of a ``ckpt:`` key's file (0 for other keys or a missing file)."""
+    try:
+        return Path(key[len("ckpt:"):]).stat().st_mtime_ns if key.startswith("ckpt:") else 0
+    except OSError:
+        return 0
 
 
 def directory_checkpoint_keys(directory: Path) -> list[str]:
@@ -83,7 +92,7 @@ def session_entries() -> tuple[list[cmp.ModelEntry], list[tuple[str, str]], str]
     demo = {k for k in keys if k.startswith("ckpt:")} if models_mode() == "demo" and not dataset else set()
     for key in keys + extra:
         try:
-            entry = load_model(key, dev)
+            entry = load_model(key, dev, checkpoint_stamp(key))
         except (ToastError, OSError, ValueError, RuntimeError) as e:
             failures.append((key, str(e)))
             continue

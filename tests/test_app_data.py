@@ -89,6 +89,17 @@ def test_a_trained_dataset_is_listed_and_becomes_the_sessions_model_set(tmp_path
     assert not at.error, [e.value for e in at.error]
     table = at.dataframe[0].value
     assert list(table["method"]) == ["linear", "lora"] and {"accuracy", "E target"} <= set(table.columns)
+    # retrained with other settings at the same path: the page loads the new checkpoint, not a cached one
+    from toast_core.cache import sha256_file
+
+    lora = Path(res["dir"]) / "lora" / "model.safetensors"
+    before = sha256_file(lora)[:12]
+    train_dataset(DatasetRunSpec(name="Photos", data=str(root), methods=("lora",), **TINY, **{**QUICK, "epochs": 2}),
+                  device="cpu")
+    assert sha256_file(lora)[:12] != before
+    at.switch_page("views/models.py").run()
+    details = " ".join(m.value for m in at.markdown if m.value.startswith("**lora**"))
+    assert f"sha256 `{sha256_file(lora)[:12]}`" in details, details
     at.switch_page(PAGE).run()
     at.button(key="data-use-default").click().run()
     assert "model-set" not in at.session_state
