@@ -85,9 +85,6 @@ try:
         ig_steps=int(ig_steps), title=title, cmap=None if cmap_choice == "auto" else cmap_choice, scale=scale,
         percentile=percentile or None, alpha=alpha, font_size=font, dpi=int(dpi), colorbar=colorbar,
         panel_inches=panel)
-    # patch blocks, as on Compare (the library's figure default smooths them)
-    spec = dataclasses.replace(spec, upsample="nearest")
-    provenance.setdefault("display", {})["upsample"] = "nearest"
     if isinstance(head, int):
         spec = dataclasses.replace(spec, map_kind=spec.map_kind.replace(f"head {head}", f"head {head + 1}"))
     with state.Timer() as timer:

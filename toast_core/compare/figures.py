@@ -29,7 +29,7 @@ def figure_spec(entries: Sequence[ModelEntry], images: Sequence[tuple[str, Image
                 title: str = "", cmap: Optional[str] = None, scale: str = "shared",
                 percentile: Optional[float] = None, alpha: float = 0.5, font_size: float = 8.0,
                 dpi: int = 300, colorbar: bool = True, panel_inches: float = 1.6,
-                display_side: int = DISPLAY_SIDE):
+                display_side: int = DISPLAY_SIDE, upsample: str = "nearest"):
     """A paper figure: rows = models, columns = layers (of the first image) or images (at one layer).
 
     Args:
@@ -38,6 +38,7 @@ def figure_spec(entries: Sequence[ModelEntry], images: Sequence[tuple[str, Image
         layers: 0-based layers on the shared range (None = last); with ``columns="images"`` the first
             is used. Ignored for Integrated Gradients (one column per image).
         display_side: longest side (pixels) of the image drawn under each map.
+        upsample: ``"nearest"`` (patch blocks, as the app's Compare page draws them) or ``"bilinear"``.
         Other arguments: see :class:`toast_core.viz.export.FigureSpec`.
 
     Returns:
@@ -109,7 +110,8 @@ def figure_spec(entries: Sequence[ModelEntry], images: Sequence[tuple[str, Image
     row_labels = [e.name + ("" if e.trained else " (untrained)") for e in entries]
     spec = FigureSpec(panels=panels, map_kind=kind_label, row_labels=row_labels, col_labels=col_labels,
                       title=title, cmap=cmap, scale=scale, percentile=percentile, alpha=alpha,
-                      font_size=font_size, dpi=dpi, colorbar=colorbar, panel_inches=panel_inches)
+                      font_size=font_size, dpi=dpi, colorbar=colorbar, panel_inches=panel_inches,
+                      upsample=upsample)
     from .. import __version__
 
     provenance = {
@@ -122,6 +124,6 @@ def figure_spec(entries: Sequence[ModelEntry], images: Sequence[tuple[str, Image
         "normalisation": {"scale": scale, "percentile": percentile,
                           "maps": "raw values (attention probabilities, token norms, |IG| per patch, or the "
                                   "attribution kind's own units; attnlrp is signed)"},
-        "display": {"image_side": display_side, "alpha": alpha, "upsample": "bilinear"},
+        "display": {"image_side": display_side, "alpha": alpha, "upsample": upsample},
     }
     return spec, meta, provenance
