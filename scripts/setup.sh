@@ -13,6 +13,11 @@ req=requirements.txt
 stamp=".venv/.installed-$(cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)-${1:-app}"
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -r "$req"
+  if [ "${1:-}" = "dev" ]; then
+    # Test-only reference for the LRP rules (tests/test_attribution.py). Without its dependencies: its
+    # zennit requirement refuses this Python, and the test loads only lxt's own rule files.
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps lxt==2.1
+  fi
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
   touch "$stamp"
 fi
