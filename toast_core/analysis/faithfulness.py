@@ -305,7 +305,7 @@ def ranking_markdown(table: Sequence[dict], steps: Optional[int] = None) -> str:
              "| method | rank | kind | " + " | ".join(lab for _, lab, _ in FAITH_METRICS) + " | gap to next | s / image |",
              "|---|---:|---|" + "---|" * len(FAITH_METRICS) + "---|---:|"]
     for t in table:
-        label = MAP_KINDS.get(t["kind"], t["kind"])
+        label = MAP_KINDS.get(t["kind"], "random noise" if t["kind"] == REFERENCE_KIND else t["kind"])
         lines.append(f"| {t['method']} | {t['rank']} | {label} (`{t['kind']}`) | "
                      + " | ".join(_fmt(t[m]) for m, _, _ in FAITH_METRICS)
                      + f" | {_fmt(t['gap'])} | {t['seconds']:.3f} |")

@@ -115,6 +115,9 @@ def plot_accuracy_vs_energy(rows, kind: str = "cls", layer: Optional[int] = None
     return fig
 
 
+_KIND_COLOURS = [f"C{i}" for i in (0, 1, 2, 3, 4, 5, 6, 8, 9)]  # tab10 without its grey (random is grey)
+
+
 def plot_faithfulness_ranking(table, title: Optional[str] = None):
     """Deletion AUC (lower is better) and insertion AUC (higher is better) of every map kind, grouped by
     method, with 95 % CI bars; ``table`` from :func:`~toast_core.analysis.faithfulness.ranking_table`.
@@ -123,13 +126,16 @@ def plot_faithfulness_ranking(table, title: Optional[str] = None):
     """
     from matplotlib.figure import Figure
 
+    from .faithfulness import available_kinds
+
     if not table:
         raise InputError("no faithfulness ranking to plot")
     methods = list(dict.fromkeys(t["method"] for t in table))
-    kinds = list(dict.fromkeys(t["kind"] for t in table))
+    present = list(dict.fromkeys(t["kind"] for t in table))
+    kinds = [k for k in available_kinds() if k in present] + [k for k in present if k not in available_kinds()]
     cell = {(t["method"], t["kind"]): t for t in table}
-    fig = Figure(figsize=(max(6.0, 1.1 * len(methods) * (1 + 0.25 * len(kinds))) + 1.4, 3.4), layout="constrained")
-    axes = fig.subplots(1, 2)
+    fig = Figure(figsize=(min(14.0, 2.5 + 0.2 * len(methods) * len(kinds)), 6.0), layout="constrained")
+    axes = fig.subplots(2, 1, sharex=True)
     width = 0.8 / len(kinds)
     x = np.arange(len(methods))
     for ax, (metric, label) in zip(axes, (("deletion_auc", "deletion AUC (lower = more faithful)"),
@@ -138,8 +144,9 @@ def plot_faithfulness_ranking(table, title: Optional[str] = None):
             vals = np.array([cell[(m, kind)][metric] if (m, kind) in cell else (np.nan,) * 3 for m in methods])
             err = np.abs(vals[:, 1:].T - vals[:, 0])
             ax.bar(x + (k - (len(kinds) - 1) / 2) * width, vals[:, 0], width, yerr=err, capsize=2,
-                   color="0.6" if kind == "random" else f"C{k % 10}", label=kind, error_kw=dict(lw=0.8))
-        ax.set_xticks(x, methods, rotation=30, ha="right", fontsize=8)
+                   color="0.75" if kind == "random" else _KIND_COLOURS[k % len(_KIND_COLOURS)], label=kind,
+                   hatch="//" if kind == "random" else None, error_kw=dict(lw=0.8))
+        ax.set_xticks(x, methods, fontsize=8)
         ax.set_ylabel(label, fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
