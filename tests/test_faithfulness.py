@@ -235,3 +235,31 @@ def test_app_session_ranks_every_group(dataset):
     assert {"faithfulness_ranking.csv", "faithfulness_rows.csv", "faithfulness_ranking.png"} <= set(res.files)
     assert "Which map is faithful?" in res.files["summary.md"].decode()
     assert all("deletion AUC ↓" in row for row in res.headline["cls"])
+
+
+def test_on_a_users_image_folder(tmp_path):
+    """A user's annotated folder: deletion / insertion for every image, localisation only where a mask is."""
+    from PIL import Image
+
+    from toast_core.analysis import load_dataset
+
+    rng = np.random.default_rng(1)
+    for c in ("cat", "dog"):
+        for split in ("train", "test"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for k in range(2):
+                Image.fromarray(rng.integers(0, 255, (24, 40, 3), dtype=np.uint8)).save(tmp_path / split / c / f"{k}.png")
+    (tmp_path / "masks" / "test" / "cat").mkdir(parents=True)
+    mask = np.zeros((24, 40), np.uint8)
+    mask[:12, :20] = 255
+    Image.fromarray(mask).save(tmp_path / "masks" / "test" / "cat" / "0.png")
+    model = tiny_model("linear", num_classes=2)
+    ds = load_dataset(tmp_path, "test", model=model)
+    rows = fa.run_faithfulness({"linear": model}, ds, ["cls", "random"], steps=2, device="cpu")
+    assert len(rows) == 2 * len(ds) == 8
+    assert all(math.isfinite(r["deletion_auc"]) and math.isfinite(r["insertion_auc"]) for r in rows)
+    masked = [r for r in rows if r["image_id"] == 0]
+    assert all(0 <= r["energy_target"] <= 1 for r in masked)
+    assert all(math.isnan(r["energy_target"]) and math.isnan(r["pointing_hit"]) for r in rows if r["image_id"] != 0)
+    table = fa.ranking_table(rows, n_boot=50)
+    assert all(t["n"] == 4 and math.isfinite(t["energy_target"][0]) for t in table)  # NaNs dropped, not averaged
