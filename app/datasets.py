@@ -14,8 +14,8 @@ import streamlit as st
 
 from toast_core.data.scan import sample_images
 from toast_core.demo.background import format_seconds, is_running, read_status
-from toast_core.training import dataset_background as dbg
-from toast_core.training.dataset_run import complete_checkpoints, list_runs, read_run
+from toast_core.demo import dataset_background as dbg
+from toast_core.demo.dataset_run import complete_checkpoints, list_runs, read_run
 
 MODEL_SET = "model-set"
 IMAGE_KEY = "keep-image"  # the page-shared image picker (app.images.image_picker)

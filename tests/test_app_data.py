@@ -62,7 +62,7 @@ def test_without_server_paths_only_a_zip_upload_is_offered(monkeypatch):
 
 
 def test_a_trained_dataset_is_listed_and_becomes_the_sessions_model_set(tmp_path, monkeypatch):
-    from toast_core.training.dataset_run import DatasetRunSpec, train_dataset
+    from toast_core.demo.dataset_run import DatasetRunSpec, train_dataset
 
     monkeypatch.setenv("TOAST_HOME", str(tmp_path / "home"))
     root = build_folder(tmp_path / "photos")

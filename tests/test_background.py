@@ -134,7 +134,7 @@ def test_tracker_reports_method_steps_and_time_left(tmp_path):
 
 
 def test_status_of_a_killed_trainer_reads_interrupted(tmp_path):
-    bg._write_status(tmp_path, {"state": "running", "pid": 1, "methods": ["finetune"]})
+    bg.write_status(tmp_path, {"state": "running", "pid": 1, "methods": ["finetune"]})
     status = bg.read_status(tmp_path)
     assert status["state"] == "interrupted" and not status["running"]
     assert "resumes" in bg.describe(status)

@@ -26,10 +26,7 @@ LAYERS: list[set[str]] = [
     {"attention", "recording", "backbones", "default_backbone", "models", "methods", "attribution", "maps"},
     {"io", "data", "viz"},                                                     # files, datasets, pictures
     {"training"},                                                              # trainer, stage 1, pretune
-    {"demo", "compare", "analysis",                                            # what the pages and commands use
-     # runs of the demo recipes on a user's folder (they use demo.plan_for and the demo's background
-     # machinery): layer 4, though they sit in training/ for now
-     "training.dataset_run", "training.dataset_background"},
+    {"demo", "compare", "analysis"},                                           # what the pages and commands use
     {"bench", "commands", "cli", "background", "__main__"},                    # entry points
 ]
 LAYER_OF = {unit: i for i, units in enumerate(LAYERS) for unit in units}

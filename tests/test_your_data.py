@@ -20,7 +20,7 @@ from PIL import Image
 from toast_core.data.photos import load_photo
 from toast_core.data.scan import scan_folder
 from toast_core.errors import InputError
-from toast_core.training.dataset_run import DatasetRunSpec, complete_checkpoints, list_runs, train_dataset
+from toast_core.demo.dataset_run import DatasetRunSpec, complete_checkpoints, list_runs, train_dataset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -195,7 +195,7 @@ def test_train_all_cli_from_a_zip_and_a_hostile_zip(folder, home, tmp_path, caps
 
 def test_background_run_reports_per_method_and_stops_then_resumes(folder, home):
     from toast_core.demo.background import read_status
-    from toast_core.training import dataset_background as bg
+    from toast_core.demo import dataset_background as bg
 
     spec = DatasetRunSpec(name="bg", data=str(folder), methods=("linear", "lora"), **TINY,
                           **{**QUICK, "epochs": 8})

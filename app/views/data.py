@@ -22,8 +22,8 @@ from toast_core.data.scan import scan_folder
 from toast_core.demo.background import format_seconds
 from toast_core.errors import ToastError
 from toast_core.methods import available_methods
-from toast_core.training import dataset_background as dbg
-from toast_core.training import dataset_run
+from toast_core.demo import dataset_background as dbg
+from toast_core.demo import dataset_run
 
 entries, failures, note = state.session_entries()
 state.sidebar_status(note)

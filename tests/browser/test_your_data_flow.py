@@ -59,8 +59,8 @@ def home(tmp_path, session_home):
 
 def test_your_data_scan_train_in_background_then_maps_and_analysis(browser, home, tmp_path):
     from toast_core.demo.background import read_status
-    from toast_core.training import dataset_background as dbg
-    from toast_core.training.dataset_run import list_runs
+    from toast_core.demo import dataset_background as dbg
+    from toast_core.demo.dataset_run import list_runs
 
     folder = build_folder(tmp_path / "photos")
     evil = tmp_path / "evil.zip"

@@ -1,7 +1,7 @@
 """``train-all``: train several methods on your own labelled folder (or a zip of it), one after another.
 
 Writes ``$TOAST_HOME/datasets/<name>-<fingerprint>/<method>/`` (see
-:mod:`toast_core.training.dataset_run`): the same files the app's "Your data" page writes, so the app
+:mod:`toast_core.demo.dataset_run`): the same files the app's "Your data" page writes, so the app
 shows these models under the dataset's name. The folder is scanned first; every problem is listed and
 nothing trains while there is an error.
 
@@ -10,7 +10,7 @@ Examples::
     python -m toast_core train-all --data ~/data/birds --scan            # what is there, what is wrong
     python -m toast_core train-all --data ~/data/birds --estimate        # time per method on this machine
     python -m toast_core train-all --data birds.zip --methods linear,lora,toast --background
-    python -m toast_core.training.dataset_background status --dir ~/.cache/toast_core/datasets/birds-1a2b3c4d
+    python -m toast_core.demo.dataset_background status --dir ~/.cache/toast_core/datasets/birds-1a2b3c4d
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def data_folder(path: str) -> Path:
 
 
 def spec_from_args(args, folder: Path):
-    from ..training.dataset_run import DatasetRunSpec
+    from ..demo.dataset_run import DatasetRunSpec
     from .train import parse_json_arg, pretrained_from_args
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
@@ -81,7 +81,7 @@ def _print_estimate(est: dict) -> None:
 
 def run(args) -> int:
     from ..data.scan import scan_folder
-    from ..training import dataset_run
+    from ..demo import dataset_run
 
     folder = data_folder(args.data)
     report = scan_folder(folder, check_images=True, val_fraction=args.val_fraction, seed=args.seed)
@@ -94,7 +94,7 @@ def run(args) -> int:
         _print_estimate(dataset_run.estimate(spec, device=args.device, report=report))
         return 0
     if args.background:
-        from ..training import dataset_background
+        from ..demo import dataset_background
 
         got = dataset_background.start(spec, device=args.device)
         print(json.dumps(got))

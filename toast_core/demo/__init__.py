@@ -17,7 +17,9 @@ within 15 minutes, on a GPU within 2 minutes; the GPU plan uses a larger input a
 The package: :mod:`.plans` (recipes and plans), :mod:`.tensors` (the task's splits in memory),
 :mod:`.progress` (stage weights and the ``progress(fraction, text)`` callback), :mod:`.locations` (where the
 checkpoints are; which demo set a checkpoint belongs to), :mod:`.prepare` (:func:`prepare_demo`),
-:mod:`.shipped` (the checkpoints in ``assets/``) and :mod:`.background` (the background trainer).
+:mod:`.shipped` (the checkpoints in ``assets/``), :mod:`.background` (the background trainer), and the same
+recipes on a user's labelled folder: :mod:`.dataset_run` (train the chosen methods one after another) and
+:mod:`.dataset_background` (that run in the background trainer's process).
 """
 from .. import lazy_names
 

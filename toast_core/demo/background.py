@@ -152,7 +152,10 @@ def format_seconds(seconds: Optional[float]) -> str:
 # Starting and stopping
 # ------------------------------------------------------------------------------------------------
 
-def _take_lock(lock: Path, tries: int = 20) -> Optional[int]:
+_MODULE = "toast_core.background"  # the trainer runs as `python -m toast_core.background run`
+
+
+def take_lock(lock: Path, tries: int = 20) -> Optional[int]:
     """An fd holding an exclusive flock on ``lock``, or None when a trainer holds it. (A reader's
     short shared lock, from :func:`is_running`, is waited out.)"""
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -167,10 +170,73 @@ def _take_lock(lock: Path, tries: int = 20) -> Optional[int]:
     return None
 
 
-def _write_status(out: Path, status: dict) -> None:
+def write_status(out: Path, status: dict) -> None:
+    """Write a trainer's status file atomically (readers add ``running`` themselves)."""
     status = {k: v for k, v in status.items() if k != "running"}
     status["updated"] = time.time()
     atomic_write_bytes(out / STATUS_NAME, (json.dumps(status, indent=1) + "\n").encode())
+
+
+def spawn_trainer(module: str, args: list[str], root: Path, fd: int, banner: str,
+                  env: Optional[dict] = None) -> subprocess.Popen:
+    """Start ``python -m MODULE run ARGS --lock-fd FD`` in its own session, logging to ``root/LOG_NAME``.
+    The child inherits the locked ``fd`` (the caller closes its own copy)."""
+    cmd = [sys.executable, "-m", module, "run", *args, "--lock-fd", str(fd)]
+    package_root = str(Path(__file__).resolve().parents[2])
+    child_env = dict(os.environ)
+    child_env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, child_env.get("PYTHONPATH")) if p)
+    child_env.update(env or {})
+    with open(root / LOG_NAME, "ab") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {banner}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                pass_fds=(fd,), start_new_session=True, cwd=package_root, env=child_env)
+    threading.Thread(target=proc.wait, daemon=True).start()  # reap it if this process lives on
+    return proc
+
+
+def stop_trainer(root: Path, module: str, timeout: float = 120.0) -> Optional[dict]:
+    """Ask the trainer of ``root`` (a process running ``module``) to save its state and exit (SIGTERM);
+    wait up to ``timeout`` seconds. Returns its last status (None when none ran)."""
+    status = read_status(root)
+    if not status or not status.get("running") or not status.get("pid"):
+        return status
+    pid = int(status["pid"])
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        cmdline = b""
+    if module.encode() not in cmdline:
+        return status
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while is_running(root) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return read_status(root)
+
+
+def enter_trainer_process(lock: Path, lock_fd: Optional[int], nice: int) -> Optional[tuple[int, threading.Event]]:
+    """The trainer process's first steps: hold the lock (unless the parent passed its fd), lower the
+    priority, and turn SIGTERM/SIGINT/SIGHUP into a stop request (saved after the current step).
+    Returns ``(lock_fd, stop_event)``, or None when another trainer holds the lock."""
+    if lock_fd is None:
+        lock_fd = take_lock(lock, tries=1)
+        if lock_fd is None:
+            print("another trainer holds the lock; nothing to do", flush=True)
+            return None
+    try:
+        os.nice(nice)
+    except OSError:
+        pass
+    stop_event = threading.Event()
+
+    def ask_stop(signum, frame):  # noqa: ARG001
+        print(f"signal {signum}: saving the training state after this step", flush=True)
+        stop_event.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, ask_stop)
+    return lock_fd, stop_event
 
 
 def start(quick: bool = False, device: str = "auto", out: Optional[str | os.PathLike] = None,
@@ -188,7 +254,7 @@ def start(quick: bool = False, device: str = "auto", out: Optional[str | os.Path
     """
     root = _out(out, quick)
     root.mkdir(parents=True, exist_ok=True)
-    fd = _take_lock(root / LOCK_NAME)
+    fd = take_lock(root / LOCK_NAME)
     if fd is None:
         status = read_status(root) or {}
         return {"started": False, "pid": status.get("pid"), "reason": "already running",
@@ -199,20 +265,11 @@ def start(quick: bool = False, device: str = "auto", out: Optional[str | os.Path
             return {"started": False, "pid": None, "reason": "nothing to train", "methods": [],
                     "log": str(root / LOG_NAME)}
         log_path = root / LOG_NAME
-        _write_status(root, {"state": "starting", "pid": None, "methods": todo, "quick": quick,
-                             "started": time.time(), "log": str(log_path)})
-        cmd = [sys.executable, "-m", "toast_core.background", "run", "--out", str(root), "--lock-fd", str(fd),
-               "--device", device, "--methods", ",".join(todo), "--nice", str(nice)] + (["--quick"] if quick else [])
-        package_root = str(Path(__file__).resolve().parents[2])
-        child_env = dict(os.environ)
-        child_env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, child_env.get("PYTHONPATH")) if p)
-        child_env.update(env or {})
-        with open(log_path, "ab") as log:
-            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} background training: {', '.join(todo)}\n".encode())
-            log.flush()
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    pass_fds=(fd,), start_new_session=True, cwd=package_root, env=child_env)
-        threading.Thread(target=proc.wait, daemon=True).start()  # reap it if this process lives on
+        write_status(root, {"state": "starting", "pid": None, "methods": todo, "quick": quick,
+                            "started": time.time(), "log": str(log_path)})
+        args = ["--out", str(root), "--device", device, "--methods", ",".join(todo), "--nice", str(nice)]
+        proc = spawn_trainer(_MODULE, args + (["--quick"] if quick else []), root, fd,
+                             f"background training: {', '.join(todo)}", env)
         return {"started": True, "pid": proc.pid, "reason": "started", "methods": todo, "log": str(log_path)}
     finally:
         os.close(fd)  # the trainer holds the lock through its inherited copy
@@ -221,22 +278,7 @@ def start(quick: bool = False, device: str = "auto", out: Optional[str | os.Path
 def stop(out: Optional[str | os.PathLike] = None, quick: bool = False, timeout: float = 120.0) -> Optional[dict]:
     """Ask the running trainer to save its state and exit (SIGTERM); wait up to ``timeout`` seconds.
     Returns its last status (None when none ran)."""
-    root = _out(out, quick)
-    status = read_status(root)
-    if not status or not status.get("running") or not status.get("pid"):
-        return status
-    pid = int(status["pid"])
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        cmdline = b""
-    if b"toast_core.background" not in cmdline:
-        return status
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while is_running(root) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return read_status(root)
+    return stop_trainer(_out(out, quick), _MODULE, timeout)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -264,7 +306,7 @@ class Tracker:
         now = time.monotonic()
         if force or now - self._last_write >= STATUS_EVERY:
             self._last_write = now
-            _write_status(self.out, self.status)
+            write_status(self.out, self.status)
 
     # prepare_demo's progress(fraction, text)
     def progress(self, fraction: float, text: str) -> None:
@@ -321,23 +363,10 @@ def _epochs_of(plan, method: Optional[str]) -> Optional[int]:
 
 def run(out: Path, methods: list[str], quick: bool, device: str, lock_fd: Optional[int], nice: int) -> int:
     """The trainer process: hold the lock, lower the priority, run prepare-demo, record the outcome."""
-    if lock_fd is None:
-        lock_fd = _take_lock(out / LOCK_NAME, tries=1)
-        if lock_fd is None:
-            print("another background trainer holds the lock; nothing to do", flush=True)
-            return 3
-    try:
-        os.nice(nice)
-    except OSError:
-        pass
-    stop_event = threading.Event()
-
-    def ask_stop(signum, frame):  # noqa: ARG001
-        print(f"signal {signum}: saving the training state after this step", flush=True)
-        stop_event.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, ask_stop)
+    entered = enter_trainer_process(out / LOCK_NAME, lock_fd, nice)
+    if entered is None:
+        return 3
+    lock_fd, stop_event = entered
     tracker = Tracker(out, methods, stop_event, quick=quick, nice=nice)
     tracker.write()
     t0 = time.perf_counter()

@@ -119,7 +119,7 @@ def run_dir(spec: DatasetRunSpec, fingerprint: Optional[str] = None) -> Path:
 
 def recipes_for(spec: DatasetRunSpec, device: torch.device) -> dict:
     """method -> :class:`~toast_core.demo.MethodRecipe` with the spec's budget."""
-    from ..demo import plan_for
+    from .plans import plan_for
 
     plan = plan_for(device) if device.type == "cuda" else plan_for("cpu")
     recipes = {r.method: r for r in plan.recipes}
@@ -185,9 +185,9 @@ def _hash(payload: Any) -> str:
 def ensure_stage1(spec: DatasetRunSpec, directory: Path, device: torch.device, progress=None) -> Path:
     """TOAST's stage 1 for the spec's backbone in ``directory/pretune`` (kept when complete and of these
     settings): the shipped fit when it fits the backbone, else a least-squares fit here."""
-    from ..demo.shipped import install_stage1, shipped_stage1_fits
+    from .shipped import install_stage1, shipped_stage1_fits
     from ..io.checkpoints import is_complete_checkpoint, read_checkpoint_info
-    from .pretune import Stage1Config, pretune_least_squares
+    from ..training.pretune import Stage1Config, pretune_least_squares
 
     s1 = Stage1Config(**{"image_size": spec.image_size, **spec.stage1})
     key = _hash({"backbone": spec.backbone, "kwargs": spec.backbone_kwargs, "pretrained": spec.pretrained,
@@ -254,8 +254,8 @@ def _train_one(spec: DatasetRunSpec, recipe, data: tuple, directory: Path, base:
                callbacks: list, progress: bool) -> dict:
     """Train one method into ``directory/<method>`` unless a complete checkpoint of these settings is there."""
     from ..io.checkpoints import build_without_init, is_complete_checkpoint, read_checkpoint_info
-    from .pretune import init_from_pretuned
-    from .trainer import TrainConfig, train
+    from ..training.pretune import init_from_pretuned
+    from ..training.trainer import TrainConfig, train
 
     tr, va, te, classes = data
     method_dir = directory / recipe.method
@@ -321,7 +321,7 @@ def train_dataset(spec: DatasetRunSpec, device: str = "auto", callbacks: Iterabl
         run (the state is saved; running again resumes).
     """
     from ..io.checkpoints import read_checkpoint_info
-    from .trainer import resolve_device
+    from ..training.trainer import resolve_device
 
     dev = resolve_device(device)
     spec = spec.resolved(dev)
@@ -360,7 +360,7 @@ def measure_method(spec: DatasetRunSpec, method: str, images: torch.Tensor, labe
     import torch.nn.functional as F
 
     from ..io.checkpoints import build_without_init
-    from .trainer import is_head_only
+    from ..training.trainer import is_head_only
 
     torch.manual_seed(spec.seed)
     model = build_without_init(method, backbone=spec.backbone, num_classes=num_classes, pretrained=spec.pretrained,
@@ -411,7 +411,7 @@ def estimate(spec: DatasetRunSpec, device: str = "auto", n_images: int = 8, repo
     """
     from ..data.folder import ImageFolderDataset
     from ..data.scan import scan_folder
-    from .trainer import resolve_device
+    from ..training.trainer import resolve_device
 
     dev = resolve_device(device)
     spec = spec.resolved(dev)

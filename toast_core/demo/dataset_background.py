@@ -1,4 +1,4 @@
-"""Train a dataset run (:mod:`toast_core.training.dataset_run`) in a background process.
+"""Train a dataset run (:mod:`toast_core.demo.dataset_run`) in a background process.
 
 The same machinery as the default models' background trainer (:mod:`toast_core.demo.background`): one
 process at the lowest CPU priority, an ``flock`` held for its whole life, a status file rewritten
@@ -15,7 +15,7 @@ estimate of the pending ones, when an estimate was given).
 One training at a time on the machine: a start is refused while another dataset run or the default
 models' trainer is running (two would share the same cores and both crawl).
 
-Command line: ``python -m toast_core.training.dataset_background status|stop --dir RUN_DIR`` (the trainer
+Command line: ``python -m toast_core.demo.dataset_background status|stop --dir RUN_DIR`` (the trainer
 runs as ``... run --dir RUN_DIR``).
 """
 from __future__ import annotations
@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -32,12 +30,12 @@ from pathlib import Path
 from typing import Optional
 
 from ..cache import atomic_write_bytes
-from ..demo.background import (LOCK_NAME, LOG_NAME, NICE, Tracker, _take_lock, _write_status, describe,
-                               is_running, read_status)
+from .background import (LOCK_NAME, LOG_NAME, NICE, Tracker, describe, enter_trainer_process, is_running,
+                         read_status, spawn_trainer, stop_trainer, take_lock, write_status)
 from .dataset_run import DatasetRunSpec, datasets_home, run_dir, write_run_record
 
 REQUEST_NAME = "request.json"
-_MODULE = "toast_core.training.dataset_background"
+_MODULE = "toast_core.demo.dataset_background"
 
 
 def running_elsewhere(directory: Optional[Path] = None) -> Optional[str]:
@@ -61,7 +59,7 @@ def start(spec: DatasetRunSpec, device: str = "auto", estimate: Optional[dict] =
 
     Args:
         spec: the run (its folder is scanned without decoding first: problems raise here, at once).
-        device: "auto", "cpu", "cuda". estimate: :func:`~toast_core.training.dataset_run.estimate`'s result,
+        device: "auto", "cpu", "cuda". estimate: :func:`~toast_core.demo.dataset_run.estimate`'s result,
             for the time left of pending methods. env: extra environment. nice: niceness increment.
     Returns:
         ``{"started": bool, "pid", "reason", "dir", "log"}``.
@@ -76,7 +74,7 @@ def start(spec: DatasetRunSpec, device: str = "auto", estimate: Optional[dict] =
     root.mkdir(parents=True, exist_ok=True)
     log_path = root / LOG_NAME
     busy = running_elsewhere(root)
-    fd = None if busy else _take_lock(root / LOCK_NAME)
+    fd = None if busy else take_lock(root / LOCK_NAME)
     if fd is None:
         status = read_status(root) or {}
         return {"started": False, "pid": status.get("pid"), "reason": busy or "already running", "dir": str(root),
@@ -85,21 +83,10 @@ def start(spec: DatasetRunSpec, device: str = "auto", estimate: Optional[dict] =
         write_run_record(root, spec, report, device)  # the run is listed (and its progress shown) at once
         request = {"spec": spec.to_dict(), "estimate": estimate, "device": device}
         atomic_write_bytes(root / REQUEST_NAME, (json.dumps(request, indent=1) + "\n").encode())
-        _write_status(root, {"state": "starting", "pid": None, "methods": list(spec.methods), "name": spec.name,
+        write_status(root, {"state": "starting", "pid": None, "methods": list(spec.methods), "name": spec.name,
                              "started": time.time(), "log": str(log_path)})
-        cmd = [sys.executable, "-m", _MODULE, "run", "--dir", str(root), "--lock-fd", str(fd), "--device", device,
-               "--nice", str(nice)]
-        package_root = str(Path(__file__).resolve().parents[2])
-        child_env = dict(os.environ)
-        child_env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, child_env.get("PYTHONPATH")) if p)
-        child_env.update(env or {})
-        with open(log_path, "ab") as log:
-            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} dataset run {spec.name}: "
-                      f"{', '.join(spec.methods)}\n".encode())
-            log.flush()
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    pass_fds=(fd,), start_new_session=True, cwd=package_root, env=child_env)
-        threading.Thread(target=proc.wait, daemon=True).start()
+        proc = spawn_trainer(_MODULE, ["--dir", str(root), "--device", device, "--nice", str(nice)], root, fd,
+                             f"dataset run {spec.name}: {', '.join(spec.methods)}", env)
         return {"started": True, "pid": proc.pid, "reason": "started", "dir": str(root), "log": str(log_path)}
     finally:
         os.close(fd)  # the trainer holds the lock through its inherited copy
@@ -107,29 +94,14 @@ def start(spec: DatasetRunSpec, device: str = "auto", estimate: Optional[dict] =
 
 def stop(directory: str | os.PathLike, timeout: float = 120.0) -> Optional[dict]:
     """Ask the run's trainer to save and exit (SIGTERM); wait up to ``timeout`` s. Returns its last status."""
-    root = Path(directory)
-    status = read_status(root)
-    if not status or not status.get("running") or not status.get("pid"):
-        return status
-    pid = int(status["pid"])
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        cmdline = b""
-    if _MODULE.encode() not in cmdline:
-        return status
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while is_running(root) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return read_status(root)
+    return stop_trainer(Path(directory), _MODULE, timeout)
 
 
 def describe_run(status: Optional[dict]) -> str:
     """One line for people, with the whole run's time left when known."""
     text = describe(status)
     if status and status.get("state") == "running" and status.get("total_eta_seconds") is not None:
-        from ..demo.background import format_seconds
+        from .background import format_seconds
 
         done = sum(1 for m in (status.get("per_method") or {}).values() if m.get("state") in ("done", "kept"))
         text += f" · {done}/{len(status.get('methods') or [])} methods done · all: " \
@@ -182,23 +154,10 @@ def run(directory: Path, device: str, lock_fd: Optional[int], nice: int) -> int:
     from ..errors import TrainingStopped
     from .dataset_run import train_dataset
 
-    if lock_fd is None:
-        lock_fd = _take_lock(directory / LOCK_NAME, tries=1)
-        if lock_fd is None:
-            print("another trainer holds the lock; nothing to do", flush=True)
-            return 3
-    try:
-        os.nice(nice)
-    except OSError:
-        pass
-    stop_event = threading.Event()
-
-    def ask_stop(signum, frame):  # noqa: ARG001
-        print(f"signal {signum}: saving the training state after this step", flush=True)
-        stop_event.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, ask_stop)
+    entered = enter_trainer_process(directory / LOCK_NAME, lock_fd, nice)
+    if entered is None:
+        return 3
+    lock_fd, stop_event = entered
     request = json.loads((directory / REQUEST_NAME).read_text())
     spec = DatasetRunSpec.from_dict(request["spec"])
     tracker = RunTracker(directory, spec, stop_event, request.get("estimate"))
