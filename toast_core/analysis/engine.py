@@ -1,6 +1,7 @@
 """The analysis engine: one recorded forward per batch and model, tidy rows for every layer and kind."""
 from __future__ import annotations
 
+import contextlib
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -88,14 +89,9 @@ def run_analysis(models: Mapping[str, torch.nn.Module], dataset, layers: str | S
         raise InputError(f"forward_kwargs for unknown model name(s) {unknown}")
     chosen = {name: parse_layers(layers, _model_layers(m)) for name, m in models.items()}
     starts = _checked_starts(batch_starts, n_img, batch_size)
-    state = {}  # name -> (device, training) to restore
     rows: list[dict] = []
     total, done = sum(min(batch_size, n_img - s) for s in starts) * len(models), 0
-    try:
-        for name, model in models.items():
-            params = list(model.parameters())
-            state[name] = (params[0].device if params else torch.device("cpu"), model.training)
-            model.eval().to(dev)
+    with models_on_device(models, dev):
         for start in starts:  # each batch is read once and shown to every model
             items = [_item(dataset, i) for i in range(start, min(n_img, start + batch_size))]
             images = torch.stack([torch.as_tensor(it["image"], dtype=torch.float32) for it in items]).to(dev)
@@ -123,10 +119,22 @@ def run_analysis(models: Mapping[str, torch.nn.Module], dataset, layers: str | S
                 if progress is not None:
                     progress(done + (mi + 1) * len(items), total)
             done += len(items) * len(models)
+    return _as_output(rows, as_frame)
+
+
+@contextlib.contextmanager
+def models_on_device(models: Mapping[str, torch.nn.Module], dev: torch.device):
+    """Models in eval mode on ``dev`` for the block; their device and train/eval mode restored after."""
+    state = {}  # name -> (device, training) to restore
+    try:
+        for name, model in models.items():
+            params = list(model.parameters())
+            state[name] = (params[0].device if params else torch.device("cpu"), model.training)
+            model.eval().to(dev)
+        yield
     finally:
         for name, (home, training) in state.items():
             models[name].to(home).train(training)
-    return _as_output(rows, as_frame)
 
 
 def _checked_starts(batch_starts, n_img: int, batch_size: int) -> list[int]:

@@ -24,7 +24,6 @@ themselves.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -34,6 +33,7 @@ import torch
 
 from ..errors import InputError
 from .datasets import _image_id, _item
+from .engine import _records, models_on_device
 from .geometry import _stack_geometry, batch_map_metrics, image_geometry
 from .metrics import bootstrap_ci, deletion_insertion_curves
 from .options import NAN, Progress, resolve_device
@@ -118,21 +118,6 @@ def kind_maps(model: torch.nn.Module, images: torch.Tensor, kind: str, indices: 
     return maps
 
 
-@contextlib.contextmanager
-def _on_device(models: Mapping[str, torch.nn.Module], dev: torch.device):
-    """Models in eval mode on ``dev`` for the block; their device and train/eval mode restored after."""
-    state = {}
-    try:
-        for name, model in models.items():
-            params = list(model.parameters())
-            state[name] = (params[0].device if params else torch.device("cpu"), model.training)
-            model.eval().to(dev)
-        yield
-    finally:
-        for name, (home, training) in state.items():
-            models[name].to(home).train(training)
-
-
 def _score_fn(model: torch.nn.Module, fkw: dict) -> Callable[[torch.Tensor], torch.Tensor]:
     def score(x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(model(x, **fkw).float(), dim=-1)
@@ -201,7 +186,7 @@ def run_faithfulness(models: Mapping[str, torch.nn.Module], dataset, kinds: str 
                 tolerance_px=tolerance_px, seed=seed)
     dev = resolve_device(device)
     rows: list[dict] = []
-    with _on_device(models, dev):
+    with models_on_device(models, dev):
         for start in range(0, n_img, batch_size):
             idx = list(range(start, min(n_img, start + batch_size)))
             items = [_item(dataset, i) for i in idx]
@@ -221,8 +206,6 @@ def run_faithfulness(models: Mapping[str, torch.nn.Module], dataset, kinds: str 
 # ------------------------------------------------------------------------------------------------
 
 def _groups(rows) -> dict[tuple[str, str], list[dict]]:
-    from .engine import _records
-
     out: dict[tuple[str, str], list[dict]] = {}
     for r in _records(rows):
         out.setdefault((r["method"], r["kind"]), []).append(r)
