@@ -31,15 +31,18 @@ block l in the top-down pass, with ``td_scale`` applied); NaN for other methods.
 divided |td_l| by the residual-stream tokens, 1–10 in DINOv2, while td is added beside norm1(x), 18–40.)
 
 The package: ``options`` (kinds, columns, specs), ``geometry`` (per-image geometry, vectorised metrics,
-rollout), ``datasets``, ``engine`` (:func:`run_analysis`), ``tables`` (CSV, summaries) and ``plots``
-(figures, :func:`write_report`).
+rollout), ``datasets``, ``engine`` (:func:`run_analysis`), ``tables`` (CSV, summaries), ``plots``
+(figures, :func:`write_report`) and ``faithfulness`` (:func:`run_faithfulness`: every map kind of every
+method ranked by deletion / insertion AUC, pointing game and energy; :func:`ranking_table`).
 """
 from .datasets import _Limited, load_dataset, model_input_size  # noqa: F401 (private names: tests, bench)
 from .engine import _records, run_analysis
 from .geometry import _stack_geometry, batch_map_metrics, image_geometry, rollout_all_layers
 from .options import (ANALYSIS_KINDS, COLUMNS, METRICS, default_tolerance, parse_kinds, parse_layers,
                       resolve_device)
-from .plots import plot_accuracy_vs_energy, plot_metric_vs_layer, save_figure, write_report
+from .faithfulness import ranking_table, run_faithfulness
+from .plots import (plot_accuracy_vs_energy, plot_faithfulness_ranking, plot_metric_vs_layer, save_figure,
+                    write_report)
 from .tables import (headline_table, layer_average, read_rows_csv, summarise, summary_markdown, write_rows_csv,
                      write_table_csv)
 
@@ -47,4 +50,5 @@ __all__ = ["COLUMNS", "METRICS", "ANALYSIS_KINDS", "parse_layers", "parse_kinds"
            "default_tolerance", "image_geometry", "batch_map_metrics", "rollout_all_layers", "model_input_size",
            "load_dataset", "run_analysis", "write_rows_csv", "write_table_csv", "read_rows_csv", "summarise",
            "layer_average", "headline_table", "summary_markdown", "plot_metric_vs_layer",
-           "plot_accuracy_vs_energy", "save_figure", "write_report"]
+           "plot_accuracy_vs_energy", "save_figure", "write_report", "run_faithfulness", "ranking_table",
+           "plot_faithfulness_ranking"]
