@@ -70,7 +70,7 @@ truth = task.gallery_truth(image_label)
 with st.container(key="compare-task"):
     st.markdown(task.task_line(entries[0].class_names, all(e.trained for e in entries)) + "  \n"
                 + task.truth_line(image_label))
-    task.far_notice(entries, image_label, image, image_key)
+    far_slot = st.empty()  # filled after the maps are drawn: the first upload measures the task's images once
 
 names = [e.name for e in entries]
 with st.sidebar:
@@ -193,3 +193,5 @@ st.caption(f"{len(panels)} models · computed in {timer.seconds:.2f} s on {cmp.d
            "(recordings are cached per model and image)", help=None)
 st.container(key="compare-timing").caption(
     f"compute_seconds={timer.seconds:.3f} page_seconds={time.perf_counter() - page_start:.3f}")
+with far_slot.container():
+    task.far_notice(entries, image_label, image, image_key)

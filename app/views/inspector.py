@@ -104,7 +104,7 @@ with st.container(key="ins-predictions", border=True):
 
 with st.container(key="ins-task"):
     st.markdown(task.task_line(entry.class_names, entry.trained) + "  \n" + task.truth_line(image_label))
-    task.far_notice(entries, image_label, image, image_key)
+    far_slot = st.empty()  # filled after the maps are drawn: the first upload measures the task's images once
 truth = task.gallery_truth(image_label)
 map_h = int(round(min(1.6 * MAP_W, MAP_W * display.shape[0] / display.shape[1])))
 
@@ -208,3 +208,5 @@ with st.container(key="ins-attribution"):
 cached = timer.seconds < 0.005
 st.caption(f"TOAST passes: {timer.seconds * 1000:.0f} ms" + (" (reused from the cache)" if cached else "")
            + f" · whole page: {time.perf_counter() - page_start:.2f} s · {entry.name} · {image_label}")
+with far_slot.container():
+    task.far_notice(entries, image_label, image, image_key)
