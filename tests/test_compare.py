@@ -85,7 +85,7 @@ def test_heads_all_and_one_head(entries, image):
     np.testing.assert_allclose(p_all.heads.mean(axis=0), p_all.map, atol=1e-6)
     p_one = cmp.compare([e], image, kind="cls", head=2, layer=1)[0]
     np.testing.assert_allclose(p_one.map, p_all.heads[2], atol=1e-7)
-    assert "head 2" in p_one.label
+    assert "head 3" in p_one.label  # index 2 = the third head (labels count from 1)
     with pytest.raises(InputError):
         cmp.compare([e], image, kind="cls", head=5)
     with pytest.raises(InputError):
@@ -210,7 +210,7 @@ def test_figure_spec_and_bundle(entries, image):
     spec, meta, prov = cmp.figure_spec(entries[:3], [("img", image)], layers=[0, None], kind="cls", head=1,
                                        dpi=50, display_side=48)
     assert spec.shape == (3, 2) and spec.col_labels == ["layer 1", "layer 4"]
-    assert "head 1" in spec.map_kind and all("(untrained)" in r for r in spec.row_labels)
+    assert "head 2" in spec.map_kind and all("(untrained)" in r for r in spec.row_labels)  # index 1 = head 2
     np.testing.assert_allclose(spec.panels[1][0][1], cmp.compare([entries[1]], image, layer=0, head=1)[0].map)
     doc, arrays = read_bundle(export_bundle(spec, meta, prov))
     assert doc["maps_meta"]["map_r0_c1"]["layer"] == 4

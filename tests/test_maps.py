@@ -59,3 +59,15 @@ def test_integrated_gradients_completeness():
 def test_describe_map_labels():
     assert maps.describe_map("cls", -1, None, "top-down", 12) == "CLS attention · layer 12/12 · head mean · top-down pass"
     assert maps.describe_map("integrated_gradients") == "Integrated Gradients"
+    # one numbering for people: layers and heads both counted from 1 (the API's indices are 0-based)
+    assert maps.describe_map("cls", 0, 0, None, 12) == "CLS attention · layer 1/12 · head 1"
+
+
+def test_figure_command_counts_heads_from_one():
+    from toast_core.commands.figure import _head
+    from toast_core.errors import InputError
+
+    assert _head("1") == 0 and _head("6") == 5
+    for bad in ("0", "-1", "x"):
+        with pytest.raises(InputError):
+            _head(bad)

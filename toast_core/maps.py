@@ -191,7 +191,7 @@ def describe_map(kind: str, layer: Optional[int] = None, head: Optional[int] = N
         idx = layer % num_layers if num_layers else layer
         parts.append(f"layer {idx + 1}" + (f"/{num_layers}" if num_layers else ""))
     if kind == "cls":
-        parts.append("head mean" if head is None else f"head {head}")
+        parts.append("head mean" if head is None else f"head {head + 1}")  # counted from 1, like layers
     if pass_name and pass_name != "main" and kind in ATTENTION_KINDS:
         parts.append(f"{pass_name} pass")
     return " · ".join(parts)

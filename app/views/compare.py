@@ -179,8 +179,6 @@ for p, (lo, hi) in zip(panels, ranges):
                 st.image([render.overlay(small, h, hlo, hhi, cmap, alpha, upsample="nearest") for h in p.heads],
                          caption=[f"head {i + 1}" for i in range(len(p.heads))], width=thumb)
         label = p.label.replace("head mean", "mean of heads") + (f" · minus {reference}" if diff else "")
-        if isinstance(head, int) and not isinstance(head, bool):  # the library counts heads from 0
-            label = label.replace(f"head {head}", f"head {head + 1}")
         st.caption(label + ("" if shared_bar else f" · range {lo:.3g}…{hi:.3g}"))
         with st.container(key=f"preds-{s}"):
             st.caption(state.predictions_text(p.predictions))

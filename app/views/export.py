@@ -7,7 +7,6 @@ Stable keys: ``export-preview`` (preview image), ``export-manifest``; downloads 
 ``exp-layer``, ``exp-kind``, ``exp-heads``, ``exp-pass``, ``exp-title``, ``exp-colorbar``, ``exp-cmap``,
 ``exp-scale``, ``exp-percentile``, ``exp-alpha``, ``exp-font``, ``exp-dpi``, ``exp-panel``.
 """
-import dataclasses
 
 import streamlit as st
 
@@ -85,8 +84,6 @@ try:
         ig_steps=int(ig_steps), title=title, cmap=None if cmap_choice == "auto" else cmap_choice, scale=scale,
         percentile=percentile or None, alpha=alpha, font_size=font, dpi=int(dpi), colorbar=colorbar,
         panel_inches=panel)
-    if isinstance(head, int):
-        spec = dataclasses.replace(spec, map_kind=spec.map_kind.replace(f"head {head}", f"head {head + 1}"))
     with state.Timer() as timer:
         preview = state.figure_preview(state.spec_digest(spec), spec)
 except ToastError as e:

@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--columns", choices=("layers", "images"), default=None,
                         help="what the columns are (default: images when several images are given)")
     parser.add_argument("--kind", default="cls", choices=("cls", "rollout", "token_norm", "integrated_gradients"))
-    parser.add_argument("--head", default="mean", help="'mean' or a head index (CLS attention only)")
+    parser.add_argument("--head", default="mean",
+                        help="'mean' or a head number counted from 1, like --layers (CLS attention only)")
     parser.add_argument("--pass", dest="pass_name", default="final", choices=("final", "first"),
                         help="TOAST: the prediction (top-down) pass or the first (bottom-up) pass")
     parser.add_argument("--ig-steps", type=int, default=16)
@@ -94,6 +95,19 @@ def _layers(values) -> list:
     return out
 
 
+def _head(value: str) -> int:
+    """A head number counted from 1 (as the app and the figure labels count) -> the 0-based index."""
+    from ..errors import InputError
+
+    try:
+        n = int(value)
+    except ValueError:
+        raise InputError(f"--head takes 'mean' or a head number counted from 1, got {value!r}") from None
+    if n < 1:
+        raise InputError(f"heads are counted from 1, got {n}")
+    return n - 1
+
+
 def run(args) -> int:
     from .. import compare as cmp
     from ..errors import InputError
@@ -108,7 +122,7 @@ def run(args) -> int:
     entries = cmp.unique_names([cmp.load_entry(k, device) for k in _model_keys(args.checkpoints)])
     images = [(Path(p).stem, load_image(p)) for p in args.images]
     columns = args.columns or ("images" if len(images) > 1 else "layers")
-    head = None if args.head == "mean" else int(args.head)
+    head = None if args.head == "mean" else _head(args.head)
     spec, meta, provenance = cmp.figure_spec(
         entries, images, columns=columns, layers=_layers(args.layers), kind=args.kind, head=head,
         pass_name=args.pass_name, ig_steps=args.ig_steps, title=args.title, cmap=args.cmap, scale=args.scale,

@@ -98,7 +98,7 @@ def figure_spec(entries: Sequence[ModelEntry], images: Sequence[tuple[str, Image
             kind_label += f" (two-pass models: {scope(kind, two_pass[0])})"
         col_labels = [c[0] for c in cols]
     else:
-        head_txt = "head mean" if head is None else f"head {head}"
+        head_txt = "head mean" if head is None else f"head {head + 1}"  # counted from 1, like layers
         pass_txt = "" if pass_name in (None, "final") else f", {pass_name} pass"
         kind_label = MAP_KINDS[kind] + (f", {head_txt}" if kind == "cls" else "") + pass_txt
         if columns == "layers":
