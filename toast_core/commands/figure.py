@@ -75,37 +75,28 @@ def _model_keys(specs: list[str]) -> list[str]:
     return keys
 
 
-def _layers(values) -> list:
-    from ..errors import InputError
-
-    if not values:
-        return [None]
-    out = []
-    for v in values:
-        if str(v).lower() in ("last", "-1"):
-            out.append(None)
-            continue
-        try:
-            n = int(v)
-        except ValueError:
-            raise InputError(f"--layers takes 1-based integers or 'last', got {v!r}") from None
-        if n < 1:
-            raise InputError(f"layers are 1-based, got {n}")
-        out.append(n - 1)
-    return out
-
-
-def _head(value: str) -> int:
-    """A head number counted from 1 (as the app and the figure labels count) -> the 0-based index."""
+def _counted_from_one(value, option: str, extra: str = "") -> int:
+    """A layer or head number as people count it (from 1, like the app's labels) -> the 0-based index."""
     from ..errors import InputError
 
     try:
         n = int(value)
     except ValueError:
-        raise InputError(f"--head takes 'mean' or a head number counted from 1, got {value!r}") from None
+        raise InputError(f"{option} takes numbers counted from 1{extra}, got {value!r}") from None
     if n < 1:
-        raise InputError(f"heads are counted from 1, got {n}")
+        raise InputError(f"{option} counts from 1, got {n}")
     return n - 1
+
+
+def _layers(values) -> list:
+    if not values:
+        return [None]
+    return [None if str(v).lower() in ("last", "-1") else _counted_from_one(v, "--layers", " or 'last'")
+            for v in values]
+
+
+def _head(value: str) -> int:
+    return _counted_from_one(value, "--head", " or 'mean'")
 
 
 def run(args) -> int:
