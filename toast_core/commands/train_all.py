@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE, help="timm ViT name (default: offline DINOv2 ViT-S/14)")
     parser.add_argument("--pretrained", default="default", help="'default', 'random' or a local weights file")
     parser.add_argument("--backbone-kwargs", default=None, help="JSON dict passed to timm.create_model")
-    parser.add_argument("--image-size", type=int, default=0, help="input side (default: 112 on a CPU, 224 on a GPU)")
+    parser.add_argument("--image-size", type=int, default=0, help="input side (default 224 = 16x16 patches; 112 trains ~4x faster on a CPU, 8x8 maps)")
     parser.add_argument("--epochs", type=int, default=0, help="budget per method (default: each recipe's own)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--val-fraction", type=float, default=0.1, help="held out of train/ when there is no val/")

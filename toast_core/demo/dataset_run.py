@@ -40,7 +40,9 @@ from ..errors import InputError, TrainingStopped
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.json"
 #: input side on a CPU / a GPU when the spec leaves it open (multiples of the default backbone's patch 14)
-CPU_IMAGE_SIZE, GPU_IMAGE_SIZE = 112, 224
+#: the input side when none is chosen: 224 px (16×16 patches) on every device; 112 is the fast option
+#: (8×8 maps, about 4× less training time on a CPU)
+CPU_IMAGE_SIZE, GPU_IMAGE_SIZE = 224, 224
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class DatasetRunSpec:
         methods: in the order trained (default: all seven).
         backbone: timm name (default: the offline DINOv2 ViT-S/14). pretrained: as ``build_model``'s.
         backbone_kwargs: passed to timm (tests use tiny backbones).
-        image_size: input side (0: 112 on a CPU, 224 on a GPU).
+        image_size: input side (0: 224; 112 trains about 4× faster on a CPU, with 8×8 maps).
         epochs: the budget, for every method (0: each recipe's own: 8, full fine-tuning 3 on a CPU).
         batch_size, seed, val_fraction: as for ``train``.
         stage1: TOAST stage-1 settings as a dict of :class:`~toast_core.training.pretune.Stage1Config`
@@ -199,7 +201,7 @@ def ensure_stage1(spec: DatasetRunSpec, directory: Path, device: torch.device, p
         from ..default_backbone import default_backbone_sha256, ensure_default_backbone
 
         ensure_default_backbone()
-        if shipped_stage1_fits(Stage1Config(), default_backbone_sha256()):
+        if shipped_stage1_fits(s1, default_backbone_sha256()):  # same settings, input size included
             install_stage1(out, meta={"dataset_hash": key})
             return out
     pretune_least_squares(out, config=s1, backbone=spec.backbone, pretrained=spec.pretrained,

@@ -240,7 +240,7 @@ class Stage1Config:
 
     n_fit: int = 1050
     n_held_out: int = 210
-    image_size: int = 112
+    image_size: int = 112  # every caller sets its own (the demo plans their input size): kept for stable hashes
     td_gain: float = 2.0
     ridge: float = 1e-3
     xi_init: str = "pc1"
