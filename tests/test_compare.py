@@ -63,6 +63,35 @@ def test_each_model_runs_once_per_image(entries, image):
     assert all(cmp.record(e, image).result.full is not None for e in entries)
 
 
+def test_record_all_runs_models_side_by_side_and_matches_one_by_one(entries, image, monkeypatch):
+    """Side-by-side recordings are the same as one-by-one ones, come back in entry order, and really run
+    in several threads (the app's lever for seven models on a multi-core CPU)."""
+    cmp.RECORDINGS.clear()
+    serial = [cmp.record(e, image) for e in entries]
+    cmp.RECORDINGS.clear()
+    threads = set()
+    real_run = cmp.recordings._run
+
+    def spy(*args, **kwargs):
+        threads.add(threading.current_thread().name)
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(cmp.recordings, "_run", spy)
+    side = cmp.record_all(entries, image, workers=3)
+    assert len(threads) >= 2 and all(t.startswith("toast-record") for t in threads)
+    for a, b in zip(serial, side):
+        for p in a.passes:
+            np.testing.assert_allclose(a.result.cls[p].numpy(), b.result.cls[p].numpy(), atol=1e-6)
+        np.testing.assert_allclose(a.probs, b.probs, atol=1e-6)
+    assert cmp.RECORDINGS.misses == len(entries)
+    again = cmp.record_all(entries, image, workers=3)  # all cached: the same objects, no new forward
+    assert all(x is y for x, y in zip(side, again)) and cmp.RECORDINGS.misses == len(entries)
+    monkeypatch.setenv("TOAST_RECORD_WORKERS", "1")
+    assert cmp.record_workers(entries) == 1
+    monkeypatch.setenv("TOAST_RECORD_WORKERS", "")
+    assert 1 <= cmp.record_workers(entries) <= len(entries)
+
+
 def test_maps_match_a_fresh_core_recording(entries, image):
     e = entries[2]
     x = cmp.preprocess(e, image)

@@ -6,6 +6,7 @@ image** (and per steering setting): :func:`record` keeps one :class:`Recording` 
 ``(model key, image id, td_scale, ξ patch)`` in a small LRU, and every layer, head, pass and map kind
 is derived from it. Recordings read the prefix tokens' query rows beside fused attention; only rollout
 asks for full matrices (``record(..., full=True)``), kept head-averaged (1/H of the memory).
+:func:`record_all` runs several models side by side (one thread per free core on a CPU).
 Models are never modified: recording is thread-local, inference runs under ``torch.inference_mode``
 (Integrated Gradients needs gradients w.r.t. the input only), and a loaded model's parameters are
 frozen before it is shared.
@@ -33,11 +34,11 @@ from .inspector import ToastInspection, inspect_toast, stage1_table
 from .panels import (HeadChoice, Panel, common_depth, common_heads, compare, differences, layer_strip,
                      model_layer)
 from .recordings import (ATTRIBUTIONS, RECORDINGS, Recording, attribution, head_maps, map_of, needs_full, record,
-                         resolve_pass, strip_of, top_predictions)
+                         record_all, record_workers, resolve_pass, strip_of, top_predictions)
 
 __all__ = ["TINY_SPEC", "WORKING_SIDE", "DISPLAY_SIDE", "HeadChoice", "default_device", "device_label",
            "ModelEntry", "tiny_entry", "checkpoint_entry", "load_entry", "unique_names", "parameter_digest",
            "working_copy", "image_id", "display_array", "preprocessing", "preprocess", "RECORDINGS",
-           "ATTRIBUTIONS", "Recording", "record", "needs_full", "resolve_pass", "map_of", "strip_of", "head_maps", "attribution",
+           "ATTRIBUTIONS", "Recording", "record", "record_all", "record_workers", "needs_full", "resolve_pass", "map_of", "strip_of", "head_maps", "attribution",
            "top_predictions", "Panel", "common_depth", "common_heads", "model_layer", "compare", "differences",
            "layer_strip", "ToastInspection", "inspect_toast", "stage1_table", "model_provenance", "figure_spec"]

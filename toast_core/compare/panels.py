@@ -11,8 +11,8 @@ from ..errors import InputError
 from ..maps import ATTENTION_KINDS, MAP_KINDS, PER_LAYER_KINDS, describe_map
 from .entries import ModelEntry
 from .images import image_id
-from .recordings import (attribution, attribution_label, head_maps, map_of, needs_full, record, resolve_pass,
-                         strip_of, top_predictions)
+from .recordings import (attribution, attribution_label, head_maps, map_of, needs_full, record, record_all,
+                         resolve_pass, strip_of, top_predictions)
 
 HeadChoice = Union[None, int, str]  # None = head mean, an int = one head, "all" = every head
 
@@ -96,10 +96,13 @@ def compare(entries: Sequence[ModelEntry], image: Image.Image, *, kind: str = "c
     ik = image_key or image_id(image)
     depth = common_depth(entries)
     panels = []
+    # attention kinds need one forward per model: run them side by side (gradient kinds report progress
+    # per model, and their recordings are a small share of their time)
+    recs = record_all(entries, image, image_key=ik, full=needs_full(kind)) if kind in ATTENTION_KINDS else None
     for i, e in enumerate(entries):
         if progress is not None:
             progress(i, len(entries), e.name)
-        rec = record(e, image, image_key=ik, full=needs_full(kind))
+        rec = recs[i] if recs is not None else record(e, image, image_key=ik, full=needs_full(kind))
         preds = top_predictions(rec.probs, e.class_names, top_k)
         if kind not in ATTENTION_KINDS:  # gradient-based: IG or an attribution kind
             if target is not None and target not in e.class_names:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -110,6 +111,38 @@ def record(entry: ModelEntry, image: Image.Image, *, image_key: Optional[str] = 
     if cached_full is not None:
         return cached_full
     return RECORDINGS.get_or_compute((*key, bool(full)), lambda: _run(entry, image, float(td_scale), xp, bool(full)))
+
+
+def record_workers(entries: Sequence[ModelEntry]) -> int:
+    """How many models :func:`record_all` runs at once: ``$TOAST_RECORD_WORKERS`` when set, else one
+    per free core on a CPU (cores ÷ torch threads per forward; the app runs one thread per forward, so
+    2 on 2 cores) and 1 when any model is on a GPU (its kernels queue on one device anyway)."""
+    raw = os.environ.get("TOAST_RECORD_WORKERS", "").strip()
+    if raw.isdigit() and int(raw) > 0:
+        n = int(raw)
+    elif any(not str(e.device).startswith("cpu") for e in entries):
+        n = 1
+    else:
+        n = (os.cpu_count() or 1) // max(1, torch.get_num_threads())
+    return max(1, min(n, len(entries)))
+
+
+def record_all(entries: Sequence[ModelEntry], image: Image.Image, *, image_key: Optional[str] = None,
+               full: bool = False, workers: Optional[int] = None) -> list[Recording]:
+    """Every entry's :func:`record` of one image, in entry order, the models run side by side.
+
+    On a CPU one forward at one torch thread leaves the other cores idle (small ViTs parallelise
+    poorly inside a forward, and intra-op threads of concurrent sessions oversubscribe the cores), so
+    the models run in ``workers`` threads (default :func:`record_workers`); torch releases the GIL in
+    its kernels. Cached recordings return at once. The first error raised is re-raised.
+    """
+    ik = image_key or image_id(image)
+    n = record_workers(entries) if workers is None else max(1, int(workers))
+    run = lambda e: record(e, image, image_key=ik, full=full)  # noqa: E731
+    if n == 1 or len(entries) < 2:
+        return [run(e) for e in entries]
+    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="toast-record") as pool:
+        return list(pool.map(run, entries))
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
