@@ -1,7 +1,7 @@
 """Train the six shipped checkpoints at 224 px (16x16 patches), resumably (issue 17).
 
-The ``ship`` plan with only its input size replaced by 224 (the same data, epochs, recipes and seed as
-the 112-px checkpoints in ``assets/checkpoints``), one method after another, TOAST first. Every method
+The ``ship`` plan (224 px since issue 17; ``--image-size 112`` retrains the earlier 8x8-map checkpoints
+with the same data, epochs, recipes and seed), one method after another, TOAST first. Every method
 saves its training state after each epoch and ``prepare_demo`` resumes it, so the script can be stopped
 (Ctrl-C / SIGTERM / a session ending) and started again with the same arguments. Complete methods are
 kept (same demo hash), so a rerun only reports them.
@@ -10,8 +10,9 @@ kept (same demo hash), so a rerun only reports them.
     python scripts/ship_224.py --out /tmp/ship224/demo --device cuda             # minutes on one GPU
     python scripts/ship_checkpoints.py ~/.cache/toast_core/ship224/demo         # once all six are complete
 
-Measured on the shared 2-core CPU (docs/RESULTS_TRAINING.md): stage 1 at 224 px in ~4 min (held-out
-R² >= 0.861 on every block); TOAST epochs 1000-1200 s each while other jobs ran beside it.
+Measured on the shared 2-core CPU (docs/RESULTS_TRAINING.md): stage 1 at 224 px in ~5 min (held-out
+R² >= 0.861 on every block); on a quiet machine 120-180 s per epoch for TOAST, TOAST-Lite, LoRA and VPT
+(about 20 min per method), about a minute for the linear probe.
 """
 from __future__ import annotations
 

@@ -105,3 +105,34 @@ def test_shipped_checkpoints_are_installed_when_they_fit_and_trained_when_not(tm
     # a second run keeps them
     again = prepare_demo(out_dir=out, device="cpu", plan=plan, methods=["lora", "toast", "vpt-deep"])
     assert all(r["cached"] for r in again["methods"].values())
+
+
+def test_checkpoints_of_another_input_size_are_set_aside_not_mixed(tmp_path):
+    """After an upgrade of the plans' input size, a complete checkpoint trained at the old size leaves
+    the comparison (moved to previous/, kept) and counts as missing for the background trainer; one at
+    the plan's size stays."""
+    from toast_core.demo import prepare_demo
+    from toast_core.demo.background import pending_methods
+    from toast_core.demo.prepare import set_aside_other_sizes
+
+    plan = plan_for("cpu", quick=True)
+    src = demo_dir(quick=True)
+    if not (src / "linear" / "config.json").is_file():
+        prepare_demo(quick=True, device="cpu", methods=["linear"])
+    from safetensors.torch import load_file
+
+    from toast_core.io.checkpoints import write_checkpoint_files
+
+    out = tmp_path / "demo"
+    tensors = load_file(src / "linear" / "model.safetensors")
+    for m, size in (("linear", plan.image_size), ("lora", 112)):  # lora: a stand-in trained at 112 px
+        cfg = read_checkpoint_info(src / "linear")
+        cfg["data"]["image_size"] = size
+        write_checkpoint_files(tensors, cfg, out / m)
+    moved = set_aside_other_sizes(out, plan.image_size, ["linear", "lora", "toast"])
+    assert [p.name.split("-")[0] for p in moved] == ["lora"] and moved[0].parent == out / "previous"
+    assert "112px" in moved[0].name and (moved[0] / "model.safetensors").is_file()  # kept, not deleted
+    assert (out / "linear" / "config.json").is_file() and not (out / "lora").exists()
+    pending = pending_methods(out, quick=True, device="cpu")
+    assert "lora" in pending and "linear" not in pending
+    assert set_aside_other_sizes(out, plan.image_size, ["linear", "lora"]) == []  # nothing left to move

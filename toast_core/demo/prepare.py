@@ -90,6 +90,7 @@ def prepare_demo(out_dir: Optional[str | os.PathLike] = None, quick: bool = Fals
     out = Path(out_dir) if out_dir is not None else demo_dir(quick or plan.name == "quick")
     out.mkdir(parents=True, exist_ok=True)
     recipes = _wanted_recipes(plan, methods)
+    set_aside_other_sizes(out, plan.image_size, [r.method for r in recipes])
     offered = {r.method: ship.shipped_checkpoint(r.method) for r in recipes if r.method in plan.shipped}
     offered = {m: p for m, p in offered.items() if p is not None}
     need_pretune = any(r.pretuned and r.method not in offered for r in recipes)
@@ -120,6 +121,26 @@ def prepare_demo(out_dir: Optional[str | os.PathLike] = None, quick: bool = Fals
     _write_results(results, out, plan, task, clock)
     stages.finish(f"demo ready in {results['seconds']:.0f} s: {out}")
     return results
+
+
+def set_aside_other_sizes(out: Path, image_size: int, methods: Iterable[str]) -> list[Path]:
+    """Move every complete checkpoint of ``methods`` in ``out`` trained at another input size to
+    ``out/previous/<method>-<size>px-<time>`` (kept, not deleted), so that one comparison never mixes
+    input sizes: after an upgrade (112 → 224 px) the app shows the methods already at the new size and
+    the background trainer sees the others as missing. Returns the new locations."""
+    moved = []
+    for m in methods:
+        d = out / m
+        if not is_complete_checkpoint(d):
+            continue
+        size = (read_checkpoint_info(d).get("data") or {}).get("image_size")
+        if size is None or int(size) == int(image_size):
+            continue
+        dst = out / "previous" / f"{m}-{int(size)}px-{time.strftime('%Y%m%d-%H%M%S')}"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(d, dst)
+        moved.append(dst)
+    return moved
 
 
 def _wanted_recipes(plan: DemoPlan, methods: Optional[Iterable[str]]) -> list[MethodRecipe]:
