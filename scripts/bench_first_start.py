@@ -43,6 +43,8 @@ if str(ROOT) not in sys.path:
 
 from scripts.bench_app_latency import one_upload, panels_ready  # noqa: E402
 from tests.browser.expect import make_image  # noqa: E402
+from toast_core.bench.timing import machine_info  # noqa: E402
+import torch  # noqa: E402
 from tests.browser.harness import Browser, browser_unavailable, free_port  # noqa: E402
 from tests.browser.ui import wait_idle  # noqa: E402
 
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     w, h = (int(v) for v in args.size.lower().split("x"))
     tmp = Path(tempfile.mkdtemp(prefix="first-start-img-"))
     result: dict = {"home": str(home), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+                    "cpu": machine_info(torch.device("cpu"))["cpu"],
                     "load_average_start": os.getloadavg()}
     t0 = time.perf_counter()
     with open(log_path, "wb") as log:
