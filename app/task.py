@@ -161,6 +161,11 @@ def task_reference(task_dir: str, image_size: int, mean: tuple, std: tuple):
 
 N_REFERENCE, N_HELD_OUT = 1000, 200
 
+#: input side of the far-from-task check: the size its threshold and AUROCs were measured at
+#: (toast_core.analysis.task_distance); it judges the image, not the models, so it stays at 112 px when the
+#: models run at 224 px (and costs a quarter: the reference takes 1,200 forwards once)
+REFERENCE_SIDE = 112
+
 
 def far_notice(entries, label: str, image, image_key: str) -> None:
     """For an upload shown with demo-task models: say whether it is far from the task's images
@@ -177,7 +182,7 @@ def far_notice(entries, label: str, image, image_key: str) -> None:
 
     from toast_core.analysis import task_distance as td
 
-    size = int(data.get("image_size") or 112)
+    size = REFERENCE_SIDE  # the image as the frozen backbone sees it at the measured size, whatever the models' input
     mean, std = tuple(data.get("mean") or (0.485, 0.456, 0.406)), tuple(data.get("std") or (0.229, 0.224, 0.225))
     ref = task_reference(str(data["dataset"]), size, mean, std)
     small = image.convert("RGB").resize((size, size), Image.BICUBIC)  # whole image, as the models see it
