@@ -100,6 +100,10 @@ PLAN_NAMES = ("cpu", "gpu", "quick", "ship")
 SHIPPED_METHODS = ("linear", "lora", "vpt-shallow", "vpt-deep", "toast", "toast-lite")
 
 
+#: input side of every plan users run: 224 px = 16x16 patches of DINOv2-S/14 (the 112-px checkpoints of
+#: earlier releases gave 8x8 maps)
+DEFAULT_IMAGE_SIZE = 224
+
 #: epochs of every shipped recipe (the CPU plan's fine-tuning, trained at install, gets 3)
 SHIP_EPOCHS = 8
 
@@ -107,11 +111,11 @@ SHIP_EPOCHS = 8
 def plan_for(device: str | torch.device = "cpu", quick: bool = False, name: Optional[str] = None) -> DemoPlan:
     """The demo plan for a device: ``quick`` (tests, ~a minute on CPU), ``gpu`` or ``cpu``; or by ``name``.
 
-    Budgets: the CPU plan is sized for 15 minutes on 2 cores: it trains full fine-tuning (112 px input =
-    8x8 patches, 1000 images, 3 epochs) and installs the six parameter-efficient checkpoints shipped in
-    ``assets/checkpoints`` (trained by the ``ship`` plan: same input and data, 8 epochs; a few MB in all,
-    where full fine-tuning's 86 MB cannot ship). The GPU plan trains all seven in 2 minutes on one GPU
-    (224 px = 16x16 patches, 1000 images, 8 epochs). See docs/RESULTS_TRAINING.md.
+    Every plan users run works at 224 px (16x16 patches of DINOv2's 14 px). The CPU plan installs the six
+    parameter-efficient checkpoints shipped in ``assets/checkpoints`` (trained by the ``ship`` plan: same
+    input and data, 8 epochs; a few MB in all, where full fine-tuning's 86 MB cannot ship) and trains full
+    fine-tuning (1000 images, 3 epochs) in the background. The GPU plan trains all seven on one GPU (1000
+    images, 8 epochs). ``quick`` (56 px, 24 images) is for tests. See docs/RESULTS_TRAINING.md.
     """
     if name is not None and name not in PLAN_NAMES:
         raise ToastError(f"unknown demo plan {name!r}; choose one of {', '.join(PLAN_NAMES)}")
@@ -122,14 +126,14 @@ def plan_for(device: str | torch.device = "cpu", quick: bool = False, name: Opti
         return DemoPlan("quick", image_size=56, task=DemoTaskConfig.quick(), n_train=24, batch_size=12,
                         stage1=Stage1Config(n_fit=42, n_held_out=21), recipes=_recipes(1))
     if name == "gpu":
-        return DemoPlan("gpu", image_size=224, task=DemoTaskConfig(), n_train=1000, batch_size=32,
+        return DemoPlan("gpu", image_size=DEFAULT_IMAGE_SIZE, task=DemoTaskConfig(), n_train=1000, batch_size=32,
                         stage1=Stage1Config(), recipes=_recipes(SHIP_EPOCHS))
     if name == "ship":
-        return DemoPlan("ship", image_size=112, task=DemoTaskConfig(), n_train=1000, batch_size=32,
+        return DemoPlan("ship", image_size=DEFAULT_IMAGE_SIZE, task=DemoTaskConfig(), n_train=1000, batch_size=32,
                         stage1=Stage1Config(),
                         recipes=tuple(r for r in _recipes(SHIP_EPOCHS) if r.method in SHIPPED_METHODS))
     ft = dataclasses.replace(_recipes(3)[1], lr=1e-4)
-    return DemoPlan("cpu", image_size=112, task=DemoTaskConfig(), n_train=1000, batch_size=32,
+    return DemoPlan("cpu", image_size=DEFAULT_IMAGE_SIZE, task=DemoTaskConfig(), n_train=1000, batch_size=32,
                     stage1=Stage1Config(),
                     recipes=tuple(r for r in _recipes(SHIP_EPOCHS) if r.method in SHIPPED_METHODS) + (ft,),
                     shipped=SHIPPED_METHODS)
