@@ -65,13 +65,20 @@ def one_upload(page, path: Path, n_panels: int, timeout: float = 300.0) -> tuple
             elapsed = time.perf_counter() - t0
             break
         page.wait_for_timeout(15)
-    compute = None
+    compute = page_s = None
     timing = page.locator(".st-key-compare-timing")
     if timing.count():
         text = timing.inner_text()
         if "compute_seconds=" in text:
             compute = float(text.split("compute_seconds=")[1].split()[0])
+        if "page_seconds=" in text:
+            page_s = float(text.split("page_seconds=")[1].split()[0])
+    LAST_PAGE_SECONDS[:] = [page_s]
     return elapsed, compute
+
+
+#: the server's page_seconds of the last :func:`one_upload` (script start to the end of the panels)
+LAST_PAGE_SECONDS: list = [None]
 
 
 def _open(server, browser, w: int, h: int, tmp: Path, tag: str) -> dict:
@@ -85,14 +92,16 @@ def _open(server, browser, w: int, h: int, tmp: Path, tag: str) -> dict:
         print(f"warning: {n_panels} panels on the page, expected {METHODS}", file=sys.stderr)
     warm, warm_compute = one_upload(page, make_image(tmp / f"warmup-{tag}.png", 0, (w, h)), n_panels)
     return {"page": page, "server": server, "panels": n_panels, "first_page_s": first_page, "warmup_upload_s": warm,
-            "warmup_compute_s": warm_compute, "times_s": [], "computes": [],
+            "warmup_compute_s": warm_compute, "times_s": [], "computes": [], "pages": [],
             "models_line": " ".join(models_line.split())[-200:]}
 
 
 def _summary(v: dict) -> dict:
     times, comps = v["times_s"], [c for c in v["computes"] if c is not None]
+    pages = [p for p in v["pages"] if p is not None]
     return {"panels": v["panels"], "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
             "times_s": times, "server_compute_median_s": statistics.median(comps) if comps else None,
+            "server_page_median_s": statistics.median(pages) if pages else None,
             "first_page_s": v["first_page_s"], "warmup_upload_s": v["warmup_upload_s"],
             "warmup_compute_s": v["warmup_compute_s"], "models_line": v["models_line"]}
 
@@ -136,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 el, comp = one_upload(v["page"], image, v["panels"])
                 v["times_s"].append(el)
                 v["computes"].append(comp)
+                v["pages"].append(LAST_PAGE_SECONDS[0])
                 print(f"  upload {r + 1}/{args.reps} (record workers {tag}): {el:.2f} s in the browser"
                       + (f" (server compute {comp:.2f} s)" if comp is not None else ""))
         tracebacks = [t for v in runs.values() for t in v["server"].tracebacks()]
@@ -155,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         s_ = _summary(v)
         print(f"record workers {tag}: upload -> all {s_['panels']} panels: median {s_['median_s']:.2f} s "
               f"(min {s_['min_s']:.2f}, max {s_['max_s']:.2f}, n={args.reps}); server compute median "
-              f"{s_['server_compute_median_s']}; first page {s_['first_page_s']:.1f} s, warm-up upload "
+              f"{s_['server_compute_median_s']}, page script median {s_['server_page_median_s']}; first page {s_['first_page_s']:.1f} s, warm-up upload "
               f"{s_['warmup_upload_s']:.2f} s")
     print(f"load average {result['load_average'][0]:.1f}")
     if tracebacks:

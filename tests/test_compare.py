@@ -92,6 +92,75 @@ def test_record_all_runs_models_side_by_side_and_matches_one_by_one(entries, ima
     assert 1 <= cmp.record_workers(entries) <= len(entries)
 
 
+@pytest.fixture(scope="module")
+def one_backbone_entries():
+    """The seven tiny methods with linear, TOAST and TOAST-Lite on one backbone (as the default models
+    are): the tiny models' own backbones differ (one seed per method)."""
+    import dataclasses
+
+    fresh = [dataclasses.replace(cmp.tiny_entry(m), key=f"tiny-one-backbone:{m}") for m in tc.available_methods()]
+    donor = next(e for e in fresh if e.method == "toast").model.vit.state_dict()
+    for e in fresh:
+        if e.method in ("linear", "toast-lite"):
+            e.model.vit.load_state_dict({k: v for k, v in donor.items() if not k.startswith("head.")}, strict=False)
+    return cmp.unique_names(fresh)
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_linear_toast_and_toast_lite_share_one_frozen_pass(one_backbone_entries, image, monkeypatch, full):
+    """The linear probe's pass and both TOAST models' bottom-up passes are one computation on the same
+    backbone and input: record_all runs it once (2 fewer backbone passes for these seven models) and every
+    recording, pass, map, gate and probability is the one each model gives on its own."""
+    from toast_core.compare.shared_pass import PER_PASS, share_groups
+    from toast_core.methods.base import TransferModel
+
+    entries = one_backbone_entries
+    xs = [cmp.preprocess(e, image) for e in entries]
+    assert [[entries[i].method for i in g] for g in share_groups(entries, xs)] == [["toast", "linear", "toast-lite"]]
+    assert share_groups(*zip(*[(e, x) for e, x in zip(entries, xs) if e.method != "toast-lite"])) != [] and \
+        share_groups([e for e in entries if e.method != "toast"], [x for e, x in zip(entries, xs)
+                                                                   if e.method != "toast"]) != []
+    calls = []
+    real = TransferModel.run_blocks
+
+    def counting(self, *args, **kwargs):
+        calls.append(self.method_name)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(TransferModel, "run_blocks", counting)
+    cmp.RECORDINGS.clear()
+    alone = [cmp.record(e, image, full=full) for e in entries]
+    n_alone, calls[:] = len(calls), []
+    cmp.RECORDINGS.clear()
+    shared = cmp.record_all(entries, image, workers=1, full=full)
+    assert n_alone == 9 and len(calls) == 7 and calls.count("linear") == 0
+    for e, a, b in zip(entries, alone, shared):
+        assert a.passes == b.passes, e.method
+        for k in PER_PASS:
+            for p in a.passes:
+                if p in getattr(a.result, k):
+                    torch.testing.assert_close(getattr(b.result, k)[p], getattr(a.result, k)[p], atol=1e-6, rtol=0)
+        if full:
+            for p in a.passes:
+                torch.testing.assert_close(b.result.full[p], a.result.full[p], atol=1e-6, rtol=0)
+        for k in ("gate", "td_norm", "value_ratio"):
+            if getattr(a.result, k) is not None:
+                torch.testing.assert_close(getattr(b.result, k), getattr(a.result, k), atol=1e-6, rtol=0)
+        np.testing.assert_allclose(b.probs, a.probs, atol=1e-6)
+    assert cmp.RECORDINGS.misses == len(entries)
+    unshared = cmp.record_all(entries, image, workers=1, full=full, share=False)  # cached: same objects
+    assert all(x is y for x, y in zip(shared, unshared))
+    cmp.RECORDINGS.clear()
+
+
+def test_models_on_other_backbones_or_inputs_do_not_share(entries, image):
+    """The tiny models' backbones differ (one seed per method): no group, every model runs its own pass."""
+    from toast_core.compare.shared_pass import share_groups
+
+    xs = [cmp.preprocess(e, image) for e in entries]
+    assert share_groups(entries, xs) == []
+
+
 def test_maps_match_a_fresh_core_recording(entries, image):
     e = entries[2]
     x = cmp.preprocess(e, image)

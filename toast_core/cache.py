@@ -66,6 +66,15 @@ class LRU:
                 self._data.popitem(last=False)
         return value
 
+    def put(self, key, value) -> None:
+        """Store a value computed elsewhere (counted as a miss, like a computed one)."""
+        with self._lock:
+            self.misses += 1
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+
     def peek(self, key, default=None):
         """The cached value of ``key`` (marked as recently used), or ``default``; computes nothing."""
         with self._lock:

@@ -20,6 +20,7 @@ from ..maps import (ATTENTION_KINDS, MAP_KINDS, PER_LAYER_KINDS, compute_map, de
 from ..recording import AttentionResult, extract_attention
 from .entries import ModelEntry
 from .images import image_id, preprocess
+from .shared_pass import record_shared, share_groups
 
 RECORDINGS = LRU(int(os.environ.get("TOAST_RECORDING_CACHE", "48")))
 
@@ -80,16 +81,24 @@ def needs_full(kind: str) -> bool:
     return kind == "rollout"
 
 
+def _recording(res: AttentionResult, td_scale: float = 1.0, xi_patch=None) -> Recording:
+    """What the cache keeps of an :class:`AttentionResult`: full matrices head-averaged, probabilities."""
+    slim = None if res.full is None else \
+        {p: f.float().mean(dim=2, keepdim=True) for p, f in res.full.items()}  # (L,1,1,N,N)
+    res = dataclasses.replace(res, full=slim, logits=res.logits.float())
+    probs = res.logits.softmax(dim=-1)[0].cpu().numpy().astype(np.float64)
+    return Recording(res, probs, float(td_scale), None if xi_patch is None else tuple(int(v) for v in xi_patch))
+
+
 def _run(entry: ModelEntry, image: Image.Image, td_scale: float, xi_patch, full: bool) -> Recording:
     with torch.inference_mode(), autocast(entry.device):
         x = preprocess(entry, image)
         kwargs = _steering_kwargs(entry, x, td_scale, xi_patch)
-        res = extract_attention(entry.model, x, full=full, forward_kwargs=kwargs)
-        slim = None if res.full is None else \
-            {p: f.float().mean(dim=2, keepdim=True) for p, f in res.full.items()}  # (L,1,1,N,N)
-        res = dataclasses.replace(res, full=slim, logits=res.logits.float())
-        probs = res.logits.softmax(dim=-1)[0].cpu().numpy().astype(np.float64)
-    return Recording(res, probs, float(td_scale), None if xi_patch is None else tuple(int(v) for v in xi_patch))
+        return _recording(extract_attention(entry.model, x, full=full, forward_kwargs=kwargs), td_scale, xi_patch)
+
+
+def _key(entry: ModelEntry, image_key: str, td_scale: float, xi_patch) -> tuple:
+    return (entry.key, entry.device, image_key, round(float(td_scale), 6), xi_patch)
 
 
 def record(entry: ModelEntry, image: Image.Image, *, image_key: Optional[str] = None, td_scale: float = 1.0,
@@ -106,7 +115,7 @@ def record(entry: ModelEntry, image: Image.Image, *, image_key: Optional[str] = 
     """
     ik = image_key or image_id(image)
     xp = None if xi_patch is None else (int(xi_patch[0]), int(xi_patch[1]))
-    key = (entry.key, entry.device, ik, round(float(td_scale), 6), xp)
+    key = _key(entry, ik, td_scale, xp)
     cached_full = RECORDINGS.peek((*key, True))
     if cached_full is not None:
         return cached_full
@@ -128,21 +137,44 @@ def record_workers(entries: Sequence[ModelEntry]) -> int:
 
 
 def record_all(entries: Sequence[ModelEntry], image: Image.Image, *, image_key: Optional[str] = None,
-               full: bool = False, workers: Optional[int] = None) -> list[Recording]:
-    """Every entry's :func:`record` of one image, in entry order, the models run side by side.
+               full: bool = False, workers: Optional[int] = None, share: bool = True) -> list[Recording]:
+    """Every entry's :func:`record` of one image (as trained: no steering), in entry order, the models
+    run side by side.
 
     On a CPU one forward at one torch thread leaves the other cores idle (small ViTs parallelise
     poorly inside a forward, and intra-op threads of concurrent sessions oversubscribe the cores), so
     the models run in ``workers`` threads (default :func:`record_workers`); torch releases the GIL in
-    its kernels. Cached recordings return at once. The first error raised is re-raised.
+    its kernels. With ``share``, models that start with the same frozen backbone pass (linear probe,
+    TOAST, TOAST-Lite on one backbone) run it once (:mod:`.shared_pass`; the results are identical).
+    Cached recordings return at once. The first error raised is re-raised.
     """
     ik = image_key or image_id(image)
-    n = record_workers(entries) if workers is None else max(1, int(workers))
-    run = lambda e: record(e, image, image_key=ik, full=full)  # noqa: E731
-    if n == 1 or len(entries) < 2:
-        return [run(e) for e in entries]
-    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="toast-record") as pool:
-        return list(pool.map(run, entries))
+    missing = [e for e in entries if RECORDINGS.peek((*_key(e, ik, 1.0, None), True)) is None
+               and RECORDINGS.peek((*_key(e, ik, 1.0, None), bool(full))) is None]
+    jobs, grouped = [], set()
+    if share and len(missing) >= 2:
+        with torch.inference_mode():
+            xs = [preprocess(e, image) for e in missing]
+        for g in share_groups(missing, xs):  # longest jobs first: a group runs several models
+            jobs.append(lambda g=g: _record_group([missing[i] for i in g], [xs[i] for i in g], ik, bool(full)))
+            grouped.update(id(missing[i]) for i in g)
+    jobs += [lambda e=e: record(e, image, image_key=ik, full=full) for e in missing if id(e) not in grouped]
+    n = record_workers(missing) if workers is None else max(1, int(workers))
+    if n == 1 or len(jobs) < 2:
+        for job in jobs:
+            job()
+    else:
+        with ThreadPoolExecutor(max_workers=min(n, len(jobs)), thread_name_prefix="toast-record") as pool:
+            for f in [pool.submit(job) for job in jobs]:
+                f.result()
+    return [record(e, image, image_key=ik, full=full) for e in entries]  # cached now
+
+
+def _record_group(group: list[ModelEntry], xs: list[torch.Tensor], image_key: str, full: bool) -> None:
+    with torch.inference_mode(), autocast(group[0].device):
+        recs = record_shared(group, xs, full, lambda e, res: _recording(res))
+    for e, rec in zip(group, recs):
+        RECORDINGS.put((*_key(e, image_key, 1.0, None), full), rec)
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:

@@ -89,6 +89,11 @@ class TransferModel(nn.Module):
     #: Capability: a bottom-up pass, then a top-down pass steered by it (TOAST). Such a model's
     #: ``forward`` accepts ``td_scale`` and ``xi``, and it offers ``first_pass_tokens`` and ``token_at``.
     has_top_down: ClassVar[bool] = False
+    #: Capability: the first (or only) pass is the plain backbone, ``run_blocks(images)`` with nothing
+    #: added, so models with the same backbone weights compute it alike and may share it
+    #: (:mod:`toast_core.compare.shared_pass`). A method that changes the backbone's pass (prompts,
+    #: adapters, trained weights) leaves it False.
+    plain_first_pass: ClassVar[bool] = False
 
     def __init__(self, vit: nn.Module, config: Optional[MethodConfig] = None):
         super().__init__()

@@ -14,3 +14,4 @@ class LinearConfig(MethodConfig):
 @register("linear")
 class LinearProbe(TransferModel):
     Config = LinearConfig
+    plain_first_pass = True

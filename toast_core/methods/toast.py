@@ -121,6 +121,7 @@ class _TOASTBase(TransferModel):
     Config = TOASTConfig
     lite: bool = False
     has_top_down = True
+    plain_first_pass = True
 
     def setup(self) -> None:
         dim = self.vit.embed_dim
@@ -192,14 +193,16 @@ class _TOASTBase(TransferModel):
             return self.run_blocks(images)
 
     def forward(self, images: torch.Tensor, td_scale: float = 1.0,
-                xi: Optional[torch.Tensor] = None) -> torch.Tensor:
+                xi: Optional[torch.Tensor] = None, first_pass=None) -> torch.Tensor:
         """Logits of the top-down pass.
 
         Args:
             td_scale: multiplies the top-down signal (0 = bottom-up only, 1 = as trained, >1 amplified).
             xi: replaces the learned task embedding ξ (C,) for this call (e.g. a clicked patch's token).
+            first_pass: ``images -> (tokens, grid)`` giving the bottom-up pass's output instead of running
+                it (the same frozen pass shared between models, :mod:`toast_core.compare.shared_pass`).
         """
-        return self._two_passes(images, td_scale, xi, collect_io=False)[0]
+        return self._two_passes(images, td_scale, xi, collect_io=False, first_pass=first_pass)[0]
 
     def first_pass_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """The bottom-up pass's output tokens (no gradient): what :class:`~toast_core.training.first_pass.FirstPassCache`
@@ -210,8 +213,9 @@ class _TOASTBase(TransferModel):
         if first_pass is None:
             first = self.bottom_up(images)
             tokens, grid = first.tokens, first.grid
-        else:  # training with a cached bottom-up pass: nothing records here, so no grid is needed
-            tokens, grid = first_pass(images), None
+        else:  # tokens (training's cache: nothing records, no grid needed) or (tokens, grid) (a shared pass)
+            out = first_pass(images)
+            tokens, grid = out if isinstance(out, tuple) else (out, None)
         values = self.value_terms(tokens, xi, grid, td_scale)
         recorder_begin_pass(TOP_DOWN)
         second = self.run_blocks(images, values=values, collect_io=collect_io)
