@@ -125,46 +125,18 @@ def _task_data(entries) -> Optional[dict]:
 @st.cache_resource(show_spinner=False, max_entries=2)
 def _frozen_backbone(image_size: int):
     """The default backbone as it was before any transfer method touched it (shared; never modified)."""
-    from toast_core.backbones import create_backbone
+    from toast_core.demo.reference import frozen_backbone
 
-    vit = create_backbone(pretrained=True, img_size=image_size).eval()
-    for prm in vit.parameters():
-        prm.requires_grad_(False)
-    return vit
+    return frozen_backbone(image_size)
 
 
-@st.cache_resource(show_spinner="Measuring the task's images once (about a minute on a CPU)…", max_entries=2)
+@st.cache_resource(show_spinner="Measuring the task's images once (about half a minute on a CPU)…", max_entries=2)
 def task_reference(task_dir: str, image_size: int, mean: tuple, std: tuple):
     """The task's reference for :func:`toast_core.analysis.task_distance.distances`, cached on disk by
-    the task manifest's and backbone's hashes."""
-    import hashlib
+    the task manifest's and backbone's hashes (the background trainer computes it before it trains)."""
+    from toast_core.demo.reference import task_reference as compute
 
-    from toast_core.analysis import task_distance as td
-    from toast_core.cache import toast_home
-    from toast_core.default_backbone import default_backbone_sha256
-    from toast_core.demo import load_task_split
-
-    manifest = hashlib.sha256((Path(task_dir) / "manifest.json").read_bytes()).hexdigest()
-    recipe = f"{manifest}:{default_backbone_sha256()}:{image_size}:{mean}:{std}:v1"
-    tag = hashlib.sha256(recipe.encode()).hexdigest()[:16]
-    path = toast_home() / "task_reference" / f"{tag}.npz"
-    if path.is_file():
-        return td.load_reference(path)
-    vit = _frozen_backbone(image_size)
-    train, _ = load_task_split(task_dir, "train", image_size, N_REFERENCE)
-    val, _ = load_task_split(task_dir, "val", image_size, N_HELD_OUT)
-    ref = td.fit_reference(td.features(vit, train, mean, std), td.features(vit, val, mean, std))
-    ref.meta.update({"task": str(task_dir), "manifest_sha256": manifest, "image_size": image_size})
-    td.save_reference(ref, path)
-    return ref
-
-
-N_REFERENCE, N_HELD_OUT = 1000, 200
-
-#: input side of the far-from-task check: the size its threshold and AUROCs were measured at
-#: (toast_core.analysis.task_distance); it judges the image, not the models, so it stays at 112 px when the
-#: models run at 224 px (and costs a quarter: the reference takes 1,200 forwards once)
-REFERENCE_SIDE = 112
+    return compute(task_dir, image_size, mean, std, vit=_frozen_backbone(image_size))
 
 
 def far_notice(entries, label: str, image, image_key: str) -> None:
@@ -181,11 +153,12 @@ def far_notice(entries, label: str, image, image_key: str) -> None:
     from PIL import Image
 
     from toast_core.analysis import task_distance as td
+    from toast_core.demo.reference import REFERENCE_SIDE
 
     size = REFERENCE_SIDE  # the image as the frozen backbone sees it at the measured size, whatever the models' input
     mean, std = tuple(data.get("mean") or (0.485, 0.456, 0.406)), tuple(data.get("std") or (0.229, 0.224, 0.225))
     ref = task_reference(str(data["dataset"]), size, mean, std)
-    small = image.convert("RGB").resize((size, size), Image.BICUBIC)  # whole image, as the models see it
+    small = image.convert("RGB").resize((size, size), Image.BICUBIC)  # the whole image, as the reference saw its own
     x = torch.from_numpy(np.array(small)).permute(2, 0, 1)[None]
     d = float(td.distances(ref, td.features(_frozen_backbone(size), x, mean, std))[0])
     with st.container(key="task-distance"):

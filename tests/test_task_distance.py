@@ -45,3 +45,31 @@ def test_features_are_the_mean_patch_token():
         tokens = vit.forward_features((x.float() / 255 - 0.5) / 0.5)
     assert f.shape == (3, vit.embed_dim)
     assert np.allclose(f, tokens[:, vit.num_prefix_tokens:].mean(1).double().numpy(), atol=1e-5)
+
+
+def test_demo_task_reference_is_computed_once_then_read_from_the_cache(monkeypatch):
+    """toast_core.demo.reference: the far-from-task notice's reference of a generated task, fitted with the
+    real default backbone at 112 px, cached on disk; the second call reads the file (no backbone needed),
+    the task's own held-out images are mostly near, an image of one flat colour is far."""
+    from toast_core.data.demo_task import DemoTaskConfig, ensure_demo_task
+    from toast_core.demo import reference
+
+    task = ensure_demo_task(DemoTaskConfig.quick())
+    path = reference.reference_file(task)
+    assert not path.exists()
+    ref = reference.task_reference(task)
+    assert path.is_file() and ref.meta["image_size"] == reference.REFERENCE_SIDE == 112
+    assert np.mean(ref.held_out <= ref.threshold) >= 0.9
+
+    def no_backbone(*args, **kwargs):
+        raise AssertionError("the cached reference must not rebuild the backbone")
+
+    monkeypatch.setattr(reference, "frozen_backbone", no_backbone)
+    again = reference.task_reference(task)
+    np.testing.assert_array_equal(again.mean, ref.mean)
+    np.testing.assert_array_equal(again.precision, ref.precision)
+    monkeypatch.undo()
+    vit = reference.frozen_backbone()
+    flat = torch.full((1, 3, 112, 112), 200, dtype=torch.uint8)
+    d = td.distances(ref, td.features(vit, flat, reference.IMAGENET_MEAN, reference.IMAGENET_STD))[0]
+    assert d > ref.threshold

@@ -361,6 +361,21 @@ def _epochs_of(plan, method: Optional[str]) -> Optional[int]:
     return next((r.epochs for r in plan.recipes if r.method == method), None)
 
 
+def _task_reference_first(plan, tracker) -> None:
+    """The far-from-the-task notice's reference (about half a minute on 2 cores), before the long training,
+    so that a first upload finds it cached. A failure is reported and does not stop the training."""
+    try:
+        from ..data.demo_task import ensure_demo_task
+        from .reference import task_reference
+
+        tracker.write(message="measuring the task's images once (far-from-the-task notice)")
+        t0 = time.perf_counter()
+        task_reference(ensure_demo_task(plan.task))
+        print(f"task reference ready in {time.perf_counter() - t0:.1f} s", flush=True)
+    except Exception as e:  # noqa: BLE001 - the notice is optional; the training is not
+        print(f"task reference not computed: {type(e).__name__}: {e}", flush=True)
+
+
 def run(out: Path, methods: list[str], quick: bool, device: str, lock_fd: Optional[int], nice: int) -> int:
     """The trainer process: hold the lock, lower the priority, run prepare-demo, record the outcome."""
     entered = enter_trainer_process(out / LOCK_NAME, lock_fd, nice)
@@ -379,6 +394,8 @@ def run(out: Path, methods: list[str], quick: bool, device: str, lock_fd: Option
 
         torch.set_num_threads(os.cpu_count() or 1)
         plan = plan_for(resolve_device(device), quick)
+        if not quick:
+            _task_reference_first(plan, tracker)
         base_progress = tracker.progress
 
         def progress(fraction: float, text: str) -> None:
