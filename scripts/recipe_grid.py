@@ -28,7 +28,7 @@ from toast_core.demo import SHIPPED_METHODS, plan_for, prepare_demo  # noqa: E40
 
 #: multipliers of each recipe's own (chosen) rate: the grid of docs/RESULTS_TRAINING.md
 GRID = {"linear": (1 / 3, 1.0, 10 / 3), "lora": (1.0, 0.3), "vpt-shallow": (1.0,), "vpt-deep": (1.0, 0.3),
-        "toast": (1 / 3, 1.0, 10 / 3), "toast-lite": (1 / 3, 1.0), "finetune": (1.0,)}
+        "toast": (1 / 3, 1.0, 10 / 3), "toast-lite": (1 / 3, 1.0, 10 / 3), "finetune": (1.0,)}
 HEADLINE = ("linear", "lora", "vpt-deep", "toast", "toast-lite")
 
 
