@@ -8,6 +8,7 @@ stopped and resumed. The grid is chosen on the validation split: the test split 
     python scripts/recipe_grid.py grid  --out /tmp/grid                 # every method x its grid, seed 0
     python scripts/recipe_grid.py seeds --out /tmp/grid --seeds 1 2     # the chosen lr at more seeds
     python scripts/recipe_grid.py report --out /tmp/grid                # markdown tables
+    python scripts/recipe_grid.py adopt --out /tmp/grid --from ~/.cache/toast_core/ship224/demo  # seed 0 from a ship run
 
 The base rate of a recipe scales every parameter group together (head, ξ, decoders keep their ratios).
 """
@@ -56,6 +57,27 @@ def train_one(out: Path, method: str, lr: float, seed: int) -> dict:
     return res["methods"][method]
 
 
+def adopt(out: Path, demo_dir: Path, methods) -> None:
+    """Seed-0 rows from a finished ``prepare-demo`` / ``ship_224.py`` folder (same plan, recipes and seed 0),
+    so that the grid and the seeds build on the shipped runs instead of training them again."""
+    for m in methods:
+        info = demo_dir / m / "config.json"
+        if not info.is_file():
+            continue
+        d = json.loads(info.read_text())
+        if not d.get("complete"):
+            print(f"{m}: not complete in {demo_dir}, skipped")
+            continue
+        lr = float(d["recipe"]["lr"])
+        row = {"test_acc": d["metrics"]["test_accuracy"], "val_acc": d["metrics"]["val_accuracy"],
+               "train_seconds": d["train_seconds"], "epochs": d["epochs_done"], "lr": lr, "source": str(demo_dir / m)}
+        dst = run_dir(out, m, lr, 0)
+        dst.mkdir(parents=True, exist_ok=True)
+        (dst / "results.json").write_text(json.dumps({"plan": d.get("demo_plan"), "image_size": d.get("img_size"),
+                                                      "methods": {m: row}}, indent=1))
+        print(f"{m}: seed 0 from {demo_dir / m} (lr {lr:.3g}, val {row['val_acc']:.3f})")
+
+
 def collect(out: Path) -> list[dict]:
     rows = []
     for f in sorted(out.glob("*/lr*-s*/results.json")):
@@ -96,13 +118,18 @@ def report(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["grid", "seeds", "report"])
+    ap.add_argument("what", choices=["grid", "seeds", "report", "adopt"])
+    ap.add_argument("--from", dest="source", default=None, help="adopt: a finished demo folder (seed 0)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--methods", nargs="+", default=list(SHIPPED_METHODS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
     args = ap.parse_args(argv)
     out = Path(args.out)
-    if args.what == "grid":
+    if args.what == "adopt":
+        if not args.source:
+            raise SystemExit("adopt needs --from DEMO_DIR")
+        adopt(out, Path(args.source).expanduser(), args.methods)
+    elif args.what == "grid":
         for m in args.methods:
             base = recipe_of(m)[1].lr
             for k in GRID[m]:
