@@ -152,12 +152,13 @@ def record_all(entries: Sequence[ModelEntry], image: Image.Image, *, image_key: 
     missing = [e for e in entries if RECORDINGS.peek((*_key(e, ik, 1.0, None), True)) is None
                and RECORDINGS.peek((*_key(e, ik, 1.0, None), bool(full))) is None]
     jobs, grouped = [], set()
-    if share and len(missing) >= 2:
+    plain = [e for e in missing if getattr(e.model, "plain_first_pass", False)] if share else []
+    if len(plain) >= 2:
         with torch.inference_mode():
-            xs = [preprocess(e, image) for e in missing]
-        for g in share_groups(missing, xs):  # longest jobs first: a group runs several models
-            jobs.append(lambda g=g: _record_group([missing[i] for i in g], [xs[i] for i in g], ik, bool(full)))
-            grouped.update(id(missing[i]) for i in g)
+            xs = [preprocess(e, image) for e in plain]
+        for g in share_groups(plain, xs):  # longest jobs first: a group runs several models
+            jobs.append(lambda g=g: _record_group([plain[i] for i in g], [xs[i] for i in g], ik, bool(full)))
+            grouped.update(id(plain[i]) for i in g)
     jobs += [lambda e=e: record(e, image, image_key=ik, full=full) for e in missing if id(e) not in grouped]
     n = record_workers(missing) if workers is None else max(1, int(workers))
     if n == 1 or len(jobs) < 2:
