@@ -115,9 +115,10 @@ else:
     c3, c4 = st.columns(2)
     epochs = c3.number_input("Epochs per method (0: each recipe's own, 8; full fine-tuning 3 on a CPU)",
                              min_value=0, max_value=200, value=0, key="data-epochs")
-    size = c4.selectbox("Input size (px)", [0, 56, 112, 224], key="data-size",
-                        format_func=lambda s: {0: "224 (default: 16×16 maps)", 112: "112 (fast: ~4× less training on a CPU, 8×8 maps)"}
-                        .get(s, str(s)))
+    size = c4.selectbox("Input size (px)", [224, 112, 56], key="data-size",
+                        format_func=lambda s: {224: "224 (default: 16×16 maps)",
+                                               112: "112 (fast: ~4× less training on a CPU, 8×8 maps)",
+                                               56: "56 (a quick trial: 4×4 maps)"}[s])
     spec = None
     try:
         spec = dataset_run.DatasetRunSpec(name=name, data=folder, methods=tuple(methods), backbone=backbone,
