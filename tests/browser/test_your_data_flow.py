@@ -96,7 +96,7 @@ def test_your_data_scan_train_in_background_then_maps_and_analysis(browser, home
 
             def small() -> None:
                 size.locator("input").first.click()
-                page.locator('[role="option"]', has_text=re.compile("^56$")).first.click()
+                page.locator('[role="option"]', has_text=re.compile(r"^56\b")).first.click()
 
             wait_rerun(page, small)
             _shot(page, "your-data.png")
