@@ -116,10 +116,16 @@ def record(entry: ModelEntry, image: Image.Image, *, image_key: Optional[str] = 
     ik = image_key or image_id(image)
     xp = None if xi_patch is None else (int(xi_patch[0]), int(xi_patch[1]))
     key = _key(entry, ik, td_scale, xp)
-    cached_full = RECORDINGS.peek((*key, True))
-    if cached_full is not None:
-        return cached_full
+    cached = _cached(key, full)
+    if cached is not None:
+        return cached
     return RECORDINGS.get_or_compute((*key, bool(full)), lambda: _run(entry, image, float(td_scale), xp, bool(full)))
+
+
+def _cached(key: tuple, full: bool) -> Optional[Recording]:
+    """A cached recording that serves ``full`` (a full recording serves every request), or None."""
+    hit = RECORDINGS.peek((*key, True))
+    return hit if hit is not None or full else RECORDINGS.peek((*key, False))
 
 
 def record_workers(entries: Sequence[ModelEntry]) -> int:
@@ -149,8 +155,7 @@ def record_all(entries: Sequence[ModelEntry], image: Image.Image, *, image_key: 
     Cached recordings return at once. The first error raised is re-raised.
     """
     ik = image_key or image_id(image)
-    missing = [e for e in entries if RECORDINGS.peek((*_key(e, ik, 1.0, None), True)) is None
-               and RECORDINGS.peek((*_key(e, ik, 1.0, None), bool(full))) is None]
+    missing = [e for e in entries if _cached(_key(e, ik, 1.0, None), full) is None]
     jobs, grouped = [], set()
     plain = [e for e in missing if getattr(e.model, "plain_first_pass", False)] if share else []
     if len(plain) >= 2:

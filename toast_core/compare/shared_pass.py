@@ -17,12 +17,12 @@ models whose frozen backbone digests and preprocessed inputs are equal.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import weakref
 from typing import Callable, Sequence
 
 import torch
 
+from ..io.checkpoints import state_digest
 from ..recording import DEFAULT_PASS, AttentionResult, extract_attention
 from .entries import ModelEntry
 
@@ -35,13 +35,7 @@ def backbone_digest(model: torch.nn.Module) -> str:
     """sha256 of the backbone's weights without its head (cached per model object; shared models are
     never modified)."""
     if model not in _DIGESTS:
-        h = hashlib.sha256()
-        for name, t in sorted(model.vit.state_dict().items()):
-            if name.startswith("head."):
-                continue
-            h.update(name.encode())
-            h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-        _DIGESTS[model] = h.hexdigest()
+        _DIGESTS[model] = state_digest({k: v for k, v in model.vit.state_dict().items() if not k.startswith("head.")})
     return _DIGESTS[model]
 
 
