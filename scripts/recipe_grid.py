@@ -123,6 +123,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--methods", nargs="+", default=list(SHIPPED_METHODS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
+    ap.add_argument("--scales", nargs="+", type=float, default=None,
+                    help="grid: multipliers of each recipe's rate to run (default: GRID; e.g. 10 to widen past an edge)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.what == "adopt":
@@ -132,7 +134,7 @@ def main(argv=None) -> int:
     elif args.what == "grid":
         for m in args.methods:
             base = recipe_of(m)[1].lr
-            for k in GRID[m]:
+            for k in args.scales or GRID[m]:
                 train_one(out, m, base * k, 0)
     elif args.what == "seeds":
         win = chosen(collect(out))
