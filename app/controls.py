@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from typing import Optional
 
 import streamlit as st
@@ -10,6 +11,7 @@ import streamlit as st
 from toast_core import compare as cmp
 from toast_core.device import device_label
 from toast_core.attribution import EXPLANATIONS
+from toast_core.errors import ToastError
 from toast_core.maps import ATTENTION_KINDS, MAP_KINDS, PER_LAYER_KINDS
 
 from .background import background_sidebar
@@ -121,3 +123,24 @@ class Timer:
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.start
         return False
+
+
+@contextmanager
+def model_work(kind: str):
+    """``with model_work(kind) as (timer, step): ...`` around one page's model runs: a spinner and a timer;
+    for gradient kinds (seconds per model on a CPU) a progress bar that ``step(i, n, name)`` advances
+    (``step`` is None for attention kinds). A library error becomes the page's message and stops it."""
+    bar = None if kind in ATTENTION_KINDS else st.progress(0.0, text=f"{MAP_KINDS[kind]}: starting…")
+
+    def step(i: int, n: int, name: str) -> None:
+        bar.progress(i / n, text=f"{MAP_KINDS[kind]}: {name} ({i + 1}/{n})")
+
+    try:
+        with Timer() as timer, st.spinner("Running the models…"):
+            yield timer, (step if bar is not None else None)
+    except ToastError as e:
+        st.error(str(e))
+        st.stop()
+    finally:
+        if bar is not None:
+            bar.empty()

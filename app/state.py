@@ -16,6 +16,6 @@ from .images import (add_upload, gallery, gallery_image, image_options, image_pi
                      upload_widget, uploads)
 from .models import (base_model_keys, directory_checkpoint_keys, load_model, resolve_checkpoint_path,  # noqa: F401
                      save_uploaded_checkpoint, session_entries)
-from .controls import (Timer, colormap_select, kind_select, layer_slider, methods_multiselect,  # noqa: F401
+from .controls import (Timer, colormap_select, model_work, kind_select, layer_slider, methods_multiselect,  # noqa: F401
                       opacity_slider, pass_select, predictions_text, sanitize_choice, sidebar_status,
                       untrained_notice)

@@ -200,6 +200,10 @@ def test_layers_page_shows_a_strip_per_method():
     at.radio(key="lay-pass").set_value("first").run()
     _no_exception(at)
     assert any("bottom-up" in m.value for m in at.markdown)
+    at.selectbox(key="lay-kind").set_value("legrad").run()  # a gradient kind: the progress-bar path
+    _no_exception(at)
+    keys = _blocks(at.main)
+    assert all(f"strip-{_slug(m)}" in keys for m in METHODS)
 
 
 def _walk(node):

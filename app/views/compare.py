@@ -17,7 +17,6 @@ from toast_core import compare as cmp
 from toast_core.attribution import EXPLANATIONS, SIGNED_KINDS
 from toast_core.maps import ATTENTION_KINDS, MAP_KINDS
 from toast_core.viz import render
-from toast_core.errors import ToastError
 
 #: a map's width in px per "Map size" choice; every card has a fixed width (map + its padding) and the
 #: grid wraps them to the window, so a map is never squeezed or cut at any width
@@ -115,25 +114,11 @@ with st.sidebar:
     top_k = st.number_input("Top predictions", 1, 5, 3, key="cmp-topk")
 
 # gradient-based kinds take seconds per model on a CPU: a progress bar says which model is running
-bar = None if kind in ATTENTION_KINDS else st.progress(0.0, text=f"{MAP_KINDS[kind]}: starting…")
-
-
-def step(i: int, n: int, name: str) -> None:
-    bar.progress(i / n, text=f"{MAP_KINDS[kind]}: {name} ({i + 1}/{n})")
-
-
-try:
-    with state.Timer() as timer, st.spinner("Running the models…"):
-        panels = cmp.compare(selected, image, kind=kind, layer=layer, head=head, pass_name=pass_name,
-                             image_key=image_key, top_k=int(top_k),
-                             ig_steps=int(st.session_state.get("cmp-ig-steps", 8)),
-                             progress=step if bar is not None else None, target=target, signed=ig_signed)
-except ToastError as e:
-    st.error(str(e))
-    st.stop()
-finally:
-    if bar is not None:
-        bar.empty()
+with state.model_work(kind) as (timer, step):
+    panels = cmp.compare(selected, image, kind=kind, layer=layer, head=head, pass_name=pass_name,
+                         image_key=image_key, top_k=int(top_k),
+                         ig_steps=int(st.session_state.get("cmp-ig-steps", 8)),
+                         progress=step, target=target, signed=ig_signed)
 
 maps = {p.name: p.map for p in panels}
 if diff:  # the reference's own difference is all zero: it gets no panel

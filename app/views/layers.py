@@ -18,7 +18,6 @@ from toast_core import compare as cmp
 from toast_core.attribution import EXPLANATIONS
 from toast_core.maps import ATTENTION_KINDS, MAP_KINDS, describe_map
 from toast_core.viz import render
-from toast_core.errors import ToastError
 
 SCALES = ["per layer", "shared", "per method", "per panel"]
 PER_LINE = 6  # thumbnails per line: layer columns line up across methods
@@ -59,20 +58,12 @@ if not selected:
     st.info("Pick at least one method.")
     st.stop()
 
-bar = None if kind in ATTENTION_KINDS else st.progress(0.0, text=f"{MAP_KINDS[kind]}: starting…")
-try:
-    with state.Timer() as timer, st.spinner("Running the models…"):
-        strips = {}
-        for i, e in enumerate(selected):
-            if bar is not None:  # gradient kinds take seconds per model on a CPU
-                bar.progress(i / len(selected), text=f"{MAP_KINDS[kind]}: {e.name} ({i + 1}/{len(selected)})")
-            strips[e.name] = cmp.layer_strip(e, image, kind=kind, head=head, pass_name=pass_name, image_key=image_key)
-except ToastError as e:
-    st.error(str(e))
-    st.stop()
-finally:
-    if bar is not None:
-        bar.empty()
+with state.model_work(kind) as (timer, step):
+    strips = {}
+    for i, e in enumerate(selected):
+        if step is not None:  # gradient kinds take seconds per model on a CPU
+            step(i, len(selected), e.name)
+        strips[e.name] = cmp.layer_strip(e, image, kind=kind, head=head, pass_name=pass_name, image_key=image_key)
 
 display = cmp.display_array(image, max_side=max(2 * width, 96))
 all_maps = [m for s in strips.values() for m in s]
