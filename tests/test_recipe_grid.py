@@ -1,0 +1,31 @@
+"""The learning-rate rule of scripts/recipe_grid.py: seed 0 picks, contenders within MARGIN run more seeds."""
+import importlib.util
+from pathlib import Path
+
+spec = importlib.util.spec_from_file_location("recipe_grid", Path(__file__).resolve().parents[1] / "scripts" / "recipe_grid.py")
+rg = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(rg)
+
+
+def row(lr, seed, val, test=0.5, method="toast"):
+    return {"method": method, "lr": lr, "seed": seed, "val": val, "test": test, "seconds": 1.0, "epochs": 8}
+
+
+def test_seed0_picks_until_contenders_share_more_seeds():
+    rows = [row(0.01, 0, 0.745), row(0.03, 0, 0.795), row(0.1, 0, 0.800), row(0.3, 0, 0.325)]
+    assert rg.contenders(rows) == {"toast": [0.03, 0.1]}  # 0.5 points behind: a contender; 0.01 is 5.5 behind
+    assert rg.chosen(rows) == {"toast": 0.1}
+    rows += [row(0.1, 1, 0.735), row(0.1, 2, 0.78)]
+    assert rg.chosen(rows) == {"toast": 0.1}  # the contender has only seed 0: seed 0 still decides
+    rows += [row(0.03, 1, 0.80)]
+    assert rg.shared_seeds(rows, "toast", [0.03, 0.1]) == [0, 1]
+    assert rg.chosen(rows) == {"toast": 0.03}  # mean over seeds 0, 1: 79.75 % against 76.75 %
+
+
+def test_ties_go_to_the_lower_rate_and_margin_counts_one_point():
+    rows = [row(0.1, 0, 0.305, method="linear"), row(0.3, 0, 0.295, method="linear"),
+            row(1.0, 0, 0.290, method="linear"), row(0.003, 0, 0.5, method="lora"), row(0.001, 0, 0.5, method="lora")]
+    assert rg.contenders(rows) == {"linear": [0.1, 0.3], "lora": [0.001, 0.003]}
+    assert rg.chosen(rows) == {"linear": 0.1, "lora": 0.001}
+    text = rg.report(rows)
+    assert "| lora | 0.001 | 0 | 50.0 % | 50.0 % | 50.0 | ✓ |" in text and "nan" not in text
