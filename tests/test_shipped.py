@@ -30,6 +30,8 @@ def test_shipped_checkpoint_fits_the_default_backbone_and_cpu_plan(method):
     assert info["data"]["image_size"] == plan.image_size and info["data"]["dataset"] is None
     assert len(info["data"]["manifest_sha256"]) == 64 and len(info["classes"]) == 12
     assert 0 <= info["test"]["accuracy"] <= 1 and info["test"]["n"] == 300
+    recipe = {r.method: r for r in plan.recipes}[method]  # what ships is what the recipe (and its docs) says
+    assert (info["train"]["lr"], info["train"]["epochs"]) == (pytest.approx(recipe.lr), recipe.epochs)
     ensure_default_backbone()
     assert info["backbone_weights"]["sha256"] == default_backbone_sha256()
     torch.manual_seed(0)
