@@ -120,7 +120,8 @@ def chosen(rows: list[dict]) -> dict:
         seeds = shared_seeds(rows, m, lrs)
 
         def mean_val(lr):
-            return float(np.mean([r["val"] for r in rows if r["method"] == m and r["lr"] == lr and r["seed"] in seeds]))
+            vals = [r["val"] for r in rows if r["method"] == m and r["lr"] == lr and r["seed"] in seeds]
+            return round(float(np.mean(vals)), 9)  # equal means tie whatever order the floats were summed in
         win[m] = max(lrs, key=lambda lr: (mean_val(lr), -lr))
     return win
 

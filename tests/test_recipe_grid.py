@@ -29,3 +29,9 @@ def test_ties_go_to_the_lower_rate_and_margin_counts_one_point():
     assert rg.chosen(rows) == {"linear": 0.1, "lora": 0.001}
     text = rg.report(rows)
     assert "| lora | 0.001 | 0 | 50.0 % | 50.0 % | 50.0 | ✓ |" in text and "nan" not in text
+
+
+def test_equal_means_tie_whatever_the_float_rounding():
+    rows = [row(0.1, 0, 0.3), row(0.1, 1, 0.2), row(0.1, 2, 0.1), row(0.3, 0, 0.3), row(0.3, 1, 0.1), row(0.3, 2, 0.2)]
+    assert sum([0.3, 0.1, 0.2]) > sum([0.3, 0.2, 0.1])  # the higher rate's mean is one ulp above in floats
+    assert rg.chosen(rows) == {"toast": 0.1}
