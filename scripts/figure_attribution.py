@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from toast_core import maps  # noqa: E402
-from toast_core.io.checkpoints import load_checkpoint  # noqa: E402
+from toast_core.io.checkpoints import load_checkpoint, read_checkpoint_info  # noqa: E402
 from toast_core.io.images import image_to_tensor, load_image  # noqa: E402
 from toast_core.models import data_config  # noqa: E402
 
@@ -52,11 +52,14 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=4)
     args = ap.parse_args()
     torch.set_num_threads(2)
-    toast = load_checkpoint(ROOT / "assets" / "checkpoints" / "toast")
-    linear = load_checkpoint(ROOT / "assets" / "checkpoints" / "linear")
+    ckpts = ROOT / "assets" / "checkpoints"
+    size = read_checkpoint_info(ckpts / "toast")["data"]["image_size"]  # the size both were trained at
+    if read_checkpoint_info(ckpts / "linear")["data"]["image_size"] != size:
+        raise SystemExit("the shipped TOAST and linear probe were trained at different input sizes")
+    toast, linear = load_checkpoint(ckpts / "toast"), load_checkpoint(ckpts / "linear")
     cfg = data_config(toast)
     images, names = gallery(args.images)
-    x = torch.stack([image_to_tensor(im, 224, cfg["mean"], cfg["std"]) for im in images])
+    x = torch.stack([image_to_tensor(im, size, cfg["mean"], cfg["std"]) for im in images])
     classes = json.loads((ROOT / "assets" / "demo_samples" / "samples.json").read_text())["class_names"]
     rows = [("TOAST", maps_of(toast, x)), ("linear", maps_of(linear, x))]
     cols = ["image", "CLS attn · bottom-up", "CLS attn · final pass", "GAE", "LeGrad", "Grad-CAM", "AttnLRP (signed)"]
@@ -64,7 +67,7 @@ def main() -> None:
     for i, im in enumerate(images):
         for r, (label, m) in enumerate(rows):
             ax = axes[2 * i + r]
-            ax[0].imshow(im.resize((224, 224)))
+            ax[0].imshow(im.resize((size, size)))
             ax[0].set_title(f"{names[i]} · {label}: {classes[int(m['pred'][i])]}", fontsize=7)
             passes = m["passes"]
             if len(passes) > 1:
