@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from toast_core.demo import SHIPPED_METHODS, plan_for, prepare_demo  # noqa: E402
 
 #: multipliers of each recipe's own (chosen) rate: the 224-px grid of docs/RESULTS_TRAINING.md
-GRID = {"linear": (0.03, 0.09, 0.3, 1.0, 3.0), "lora": (0.3, 1.0, 3.0), "vpt-shallow": (1.0,),
+GRID = {"linear": (0.03, 0.09, 0.3, 1.0, 3.0), "lora": (1 / 3, 1.0, 10 / 3, 10.0), "vpt-shallow": (1.0,),
         "vpt-deep": (0.3, 1.0, 3.0), "toast": (1 / 3, 1.0, 10 / 3, 10.0), "toast-lite": (1 / 3, 1.0, 10 / 3),
         "finetune": (1.0,)}
 HEADLINE = ("linear", "lora", "vpt-deep", "toast", "toast-lite")
