@@ -112,6 +112,17 @@ def shared_seeds(rows: list[dict], method: str, lrs) -> list[int]:
     return sorted(set.intersection(*runs))
 
 
+def pending(rows: list[dict]) -> dict:
+    """method -> the contender rates that lack seeds another contender has run (the choice waits on them)."""
+    out = {}
+    for m, lrs in contenders(rows).items():
+        runs = {lr: {r["seed"] for r in rows if r["method"] == m and r["lr"] == lr} for lr in lrs}
+        every = set().union(*runs.values())
+        if short := [lr for lr in lrs if runs[lr] != every]:
+            out[m] = short
+    return out
+
+
 def chosen(rows: list[dict]) -> dict:
     """method -> lr: among the contenders, the best mean validation accuracy over the seeds they all have run
     (seed 0 alone until the contenders share more; ties: the lower rate)."""
@@ -135,7 +146,10 @@ def report(rows: list[dict]) -> str:
                      f"{100 * r['test']:.1f} % | {'·' if r['lr'] in cont[r['method']] else ''} | "
                      f"{'✓' if win.get(r['method']) == r['lr'] else ''} |")
     lines += ["", f"Contenders: within {100 * MARGIN:.0f} point of the best seed-0 validation accuracy; the best mean "
-              "validation accuracy over the seeds they share is chosen.", "",
+              "validation accuracy over the seeds they share is chosen."]
+    lines += [f"Pending: {m} until {', '.join(f'{lr:.3g}' for lr in lrs)} has the other contenders' seeds "
+              f"(`seeds --methods {m}`)." for m, lrs in pending(rows).items()]
+    lines += ["",
               "| method | lr | seeds | test acc. mean ± sd | val acc. mean ± sd | per seed (test) | chosen |",
               "|---|---:|---|---:|---:|---|:-:|"]
 

@@ -17,9 +17,13 @@ def test_seed0_picks_until_contenders_share_more_seeds():
     assert rg.chosen(rows) == {"toast": 0.1}
     rows += [row(0.1, 1, 0.735), row(0.1, 2, 0.78)]
     assert rg.chosen(rows) == {"toast": 0.1}  # the contender has only seed 0: seed 0 still decides
+    assert rg.pending(rows) == {"toast": [0.03]} and "Pending: toast until 0.03 has" in rg.report(rows)
     rows += [row(0.03, 1, 0.80)]
     assert rg.shared_seeds(rows, "toast", [0.03, 0.1]) == [0, 1]
     assert rg.chosen(rows) == {"toast": 0.03}  # mean over seeds 0, 1: 79.75 % against 76.75 %
+    assert rg.pending(rows) == {"toast": [0.03]}  # 0.1 has seed 2, 0.03 not yet
+    rows += [row(0.03, 2, 0.815)]
+    assert rg.pending(rows) == {} and "Pending" not in rg.report(rows)
 
 
 def test_ties_go_to_the_lower_rate_and_margin_counts_one_point():
