@@ -124,16 +124,18 @@ def pending(rows: list[dict]) -> dict:
 
 
 def chosen(rows: list[dict]) -> dict:
-    """method -> lr: among the contenders, the best mean validation accuracy over the seeds they all have run
-    (seed 0 alone until the contenders share more; ties: the lower rate)."""
-    win = {}
+    """method -> lr: among the contenders, the best mean validation accuracy over the seeds they share
+    (ties: the lower rate). A contender that lacks another's seeds is pending: the choice is made among the
+    others until it has them (with seed 0 alone, seed 0 decides)."""
+    win, waiting = {}, pending(rows)
     for m, lrs in contenders(rows).items():
-        seeds = shared_seeds(rows, m, lrs)
+        ready = [lr for lr in lrs if lr not in waiting.get(m, ())] or lrs
+        seeds = shared_seeds(rows, m, ready)
 
         def mean_val(lr):
             vals = [r["val"] for r in rows if r["method"] == m and r["lr"] == lr and r["seed"] in seeds]
             return round(float(np.mean(vals)), 9)  # equal means tie whatever order the floats were summed in
-        win[m] = max(lrs, key=lambda lr: (mean_val(lr), -lr))
+        win[m] = max(ready, key=lambda lr: (mean_val(lr), -lr))
     return win
 
 
@@ -147,8 +149,8 @@ def report(rows: list[dict]) -> str:
                      f"{'✓' if win.get(r['method']) == r['lr'] else ''} |")
     lines += ["", f"Contenders: within {100 * MARGIN:.0f} point of the best seed-0 validation accuracy; the best mean "
               "validation accuracy over the seeds they share is chosen."]
-    lines += [f"Pending: {m} until {', '.join(f'{lr:.3g}' for lr in lrs)} has the other contenders' seeds "
-              f"(`seeds --methods {m}`)." for m, lrs in pending(rows).items()]
+    lines += [f"Pending: {m}, chosen among the other contenders until {', '.join(f'{lr:.3g}' for lr in lrs)} "
+              f"has their seeds (`seeds --methods {m}`)." for m, lrs in pending(rows).items()]
     lines += ["",
               "| method | lr | seeds | test acc. mean ± sd | val acc. mean ± sd | per seed (test) | chosen |",
               "|---|---:|---|---:|---:|---|:-:|"]

@@ -11,19 +11,29 @@ def row(lr, seed, val, test=0.5, method="toast"):
     return {"method": method, "lr": lr, "seed": seed, "val": val, "test": test, "seconds": 1.0, "epochs": 8}
 
 
-def test_seed0_picks_until_contenders_share_more_seeds():
+def test_seed0_picks_then_contenders_decide_on_shared_seeds():
     rows = [row(0.01, 0, 0.745), row(0.03, 0, 0.795), row(0.1, 0, 0.800), row(0.3, 0, 0.325)]
     assert rg.contenders(rows) == {"toast": [0.03, 0.1]}  # 0.5 points behind: a contender; 0.01 is 5.5 behind
     assert rg.chosen(rows) == {"toast": 0.1}
     rows += [row(0.1, 1, 0.735), row(0.1, 2, 0.78)]
-    assert rg.chosen(rows) == {"toast": 0.1}  # the contender has only seed 0: seed 0 still decides
-    assert rg.pending(rows) == {"toast": [0.03]} and "Pending: toast until 0.03 has" in rg.report(rows)
+    assert rg.chosen(rows) == {"toast": 0.1}  # 0.03 has only seed 0: pending, the choice is 0.1 meanwhile
+    assert rg.pending(rows) == {"toast": [0.03]} and "Pending: toast, chosen among the other contenders until 0.03 has" in rg.report(rows)
     rows += [row(0.03, 1, 0.80)]
     assert rg.shared_seeds(rows, "toast", [0.03, 0.1]) == [0, 1]
-    assert rg.chosen(rows) == {"toast": 0.03}  # mean over seeds 0, 1: 79.75 % against 76.75 %
     assert rg.pending(rows) == {"toast": [0.03]}  # 0.1 has seed 2, 0.03 not yet
+    assert rg.chosen(rows) == {"toast": 0.1}  # the choice waits for 0.03's seed 2 (it leads over seeds 0, 1)
     rows += [row(0.03, 2, 0.815)]
     assert rg.pending(rows) == {} and "Pending" not in rg.report(rows)
+    assert rg.chosen(rows) == {"toast": 0.03}  # 80.3 % against 77.2 % over seeds 0, 1, 2
+
+
+def test_a_late_contender_does_not_undo_a_choice_made_on_three_seeds():
+    rows = [row(lr, s, v, method="lora") for lr, vals in ((0.0015, (0.99, 0.99, 1.0)), (0.005, (0.995, 0.99, 0.985)))
+            for s, v in enumerate(vals)] + [row(0.015, 0, 0.07, method="lora")]
+    assert rg.chosen(rows) == {"lora": 0.0015}
+    rows.append(row(0.0005, 0, 0.985, method="lora"))  # exactly one point behind 99.5 %: a contender
+    assert rg.contenders(rows) == {"lora": [0.0005, 0.0015, 0.005]}
+    assert rg.pending(rows) == {"lora": [0.0005]} and rg.chosen(rows) == {"lora": 0.0015}
 
 
 def test_ties_go_to_the_lower_rate_and_margin_counts_one_point():
