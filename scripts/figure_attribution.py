@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from toast_core import maps  # noqa: E402
-from toast_core.io.checkpoints import load_checkpoint, read_checkpoint_info  # noqa: E402
+from toast_core.io.checkpoints import load_checkpoint  # noqa: E402
 from toast_core.io.images import image_to_tensor, load_image  # noqa: E402
 from toast_core.models import data_config  # noqa: E402
 
@@ -53,10 +53,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     ckpts = ROOT / "assets" / "checkpoints"
-    size = read_checkpoint_info(ckpts / "toast")["data"]["image_size"]  # the size both were trained at
-    if read_checkpoint_info(ckpts / "linear")["data"]["image_size"] != size:
-        raise SystemExit("the shipped TOAST and linear probe were trained at different input sizes")
     toast, linear = load_checkpoint(ckpts / "toast"), load_checkpoint(ckpts / "linear")
+    size = int(toast.vit.patch_embed.img_size[0])  # the size both were trained at (as compare.images reads it)
+    if tuple(linear.vit.patch_embed.img_size) != tuple(toast.vit.patch_embed.img_size):
+        raise SystemExit("the shipped TOAST and linear probe were trained at different input sizes")
     cfg = data_config(toast)
     images, names = gallery(args.images)
     x = torch.stack([image_to_tensor(im, size, cfg["mean"], cfg["std"]) for im in images])

@@ -106,17 +106,21 @@ def contenders(rows: list[dict]) -> dict:
     return out
 
 
+def seeds_run(rows: list[dict], method: str, lrs) -> dict:
+    """lr -> the set of seeds ``method`` has run at that rate."""
+    return {lr: {r["seed"] for r in rows if r["method"] == method and r["lr"] == lr} for lr in lrs}
+
+
 def shared_seeds(rows: list[dict], method: str, lrs) -> list[int]:
     """The seeds every one of ``lrs`` has run for ``method``."""
-    runs = [{r["seed"] for r in rows if r["method"] == method and r["lr"] == lr} for lr in lrs]
-    return sorted(set.intersection(*runs))
+    return sorted(set.intersection(*seeds_run(rows, method, lrs).values()))
 
 
 def pending(rows: list[dict]) -> dict:
     """method -> the contender rates that lack seeds another contender has run (the choice waits on them)."""
     out = {}
     for m, lrs in contenders(rows).items():
-        runs = {lr: {r["seed"] for r in rows if r["method"] == m and r["lr"] == lr} for lr in lrs}
+        runs = seeds_run(rows, m, lrs)
         every = set().union(*runs.values())
         if short := [lr for lr in lrs if runs[lr] != every]:
             out[m] = short
